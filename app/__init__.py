@@ -1,0 +1,1 @@
+"""Body-part identifier: MONAI Deploy application."""

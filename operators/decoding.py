@@ -1,0 +1,116 @@
+"""Pixel decoding with a lenient fallback for real-archive JPEG files.
+
+pydicom's plugins (pylibjpeg, GDCM, Pillow, its own RLE and native readers) decode every standard
+transfer syntax. Some real 12-bit JPEG extended files carry scan parameters that those strict
+decoders refuse (NEMA WG04 ``*_JPLY``); libjpeg-turbo through imagecodecs decodes them with a
+warning, so we fall back to it frame by frame and record that a lenient decoder was used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.encaps import generate_frames
+from pydicom.uid import UID
+
+# JPEG process 1 (baseline), 2/4 (extended), 14 (lossless) and 14 SV1: what libjpeg-turbo reads.
+_LENIENT_JPEG = {
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+}
+
+
+class DecodeError(RuntimeError):
+    """Pixel data that no available decoder could turn into an image."""
+
+
+@dataclass(frozen=True)
+class DecodedPixels:
+    """Stored pixel values as decoded, before any LUT.
+
+    ``frames`` has shape (frames, rows, columns) or (frames, rows, columns, samples); ``decoder``
+    names what decoded them and ``lenient`` is true when only a lenient fallback could.
+    """
+
+    frames: np.ndarray
+    decoder: str
+    lenient: bool = False
+
+
+def transfer_syntax(ds: pydicom.Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None:
+        raise DecodeError("no Transfer Syntax UID")
+    return UID(uid)
+
+
+def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
+    """Decode all frames of ``ds`` into stored values (YBR colour already turned to RGB).
+
+    Raises
+    ------
+    DecodeError
+        With the transfer syntax and the decoders' own reasons.
+    """
+    if "PixelData" not in ds:
+        raise DecodeError("no Pixel Data")
+    ts = transfer_syntax(ds)
+    frames_expected = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        arr = ds.pixel_array
+        decoder = "pydicom" if not ts.is_compressed else f"pydicom ({_plugin_family(ts)})"
+        return DecodedPixels(_with_frame_axis(arr, ds, frames_expected), decoder)
+    except Exception as strict_error:  # the plugins raise many types; we report the message
+        if ts in _LENIENT_JPEG:
+            try:
+                return DecodedPixels(_lenient_jpeg(ds, frames_expected), "imagecodecs libjpeg-turbo (lenient)", True)
+            except Exception as lenient_error:
+                raise DecodeError(
+                    f"{ts.name}: strict decoders failed ({_short(strict_error)}); "
+                    f"lenient decoder failed too ({_short(lenient_error)})"
+                ) from lenient_error
+        raise DecodeError(f"cannot decode {ts.name} pixel data: {_short(strict_error)}") from strict_error
+
+
+def _plugin_family(ts: UID) -> str:
+    if "2000" in ts.name:
+        return "JPEG 2000"
+    if "LS" in ts.name:
+        return "JPEG-LS"
+    if "RLE" in ts.name:
+        return "RLE"
+    if "Deflate" in ts.name:
+        return "deflate"
+    return "JPEG"
+
+
+def _with_frame_axis(arr: np.ndarray, ds: pydicom.Dataset, frames: int) -> np.ndarray:
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    single_ndim = 2 if samples == 1 else 3
+    return arr[np.newaxis] if arr.ndim == single_ndim else arr
+
+
+def _lenient_jpeg(ds: pydicom.Dataset, frames_expected: int) -> np.ndarray:
+    import imagecodecs  # optional heavy import, only on this path
+
+    decoded = []
+    for frame in generate_frames(ds.PixelData, number_of_frames=frames_expected):
+        img = imagecodecs.jpeg8_decode(frame)
+        decoded.append(np.asarray(img))
+    if not decoded:
+        raise DecodeError("no frames in encapsulated Pixel Data")
+    arr = np.stack(decoded)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if arr.shape[1:3] != (rows, cols):
+        raise DecodeError(f"decoded size {arr.shape[1:3]} differs from Rows x Columns {(rows, cols)}")
+    return arr
+
+
+def _short(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

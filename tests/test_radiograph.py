@@ -1,0 +1,277 @@
+"""The radiograph input stage on the real corpus and on twins made from it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.encaps import encapsulate, generate_frames
+
+from operators.outcome import Status
+from operators.radiograph import Radiograph, iter_radiographs, read_file
+from tests import dicom_factory as fac
+
+
+def _image(path: Path, **kw) -> np.ndarray:
+    read = read_file(path, **kw)
+    assert read.outcome is None, read.outcome.one_line()
+    assert len(read.radiographs) == 1
+    return read.radiographs[0].image
+
+
+def _info(path: Path):
+    return read_file(path).radiographs[0].info
+
+
+# ---------------------------------------------------------------------------------------------
+# Every real file
+
+
+def test_every_corpus_file_reads_into_a_plausible_image(corpus, corpus_labels):
+    assert len(corpus_labels) == 35
+    for name in corpus_labels:
+        read = read_file(corpus / name)
+        assert read.outcome is None, read.outcome.one_line()
+        (r,) = read.radiographs
+        img = r.image
+        assert img.dtype == np.float32 and img.ndim == 2
+        assert 0.0 <= img.min() and img.max() <= 1.0
+        assert max(img.shape) <= 1024 and min(img.shape) >= 200, (name, img.shape)
+        assert img.std() > 0.1, f"{name}: nearly flat image"
+        assert r.sop_instance_uid and r.study_instance_uid
+
+
+def test_chests_show_bone_bright(corpus, corpus_labels):
+    """Mediastinum/spine brighter than the lungs on every chest, MONOCHROME1 and raw ones included."""
+    chests = [n for n, labels in corpus_labels.items() if labels == ["Chest"]]
+    assert len(chests) >= 6
+    for name in chests:
+        img = _image(corpus / name)
+        h, w = img.shape
+        band = img[int(0.35 * h) : int(0.65 * h)]
+        mediastinum = band[:, int(0.45 * w) : int(0.55 * w)].mean()
+        lungs = (band[:, int(0.2 * w) : int(0.35 * w)].mean() + band[:, int(0.65 * w) : int(0.8 * w)].mean()) / 2
+        assert mediastinum > lungs + 0.15, f"{name}: mediastinum {mediastinum:.2f} vs lungs {lungs:.2f}"
+
+
+def test_raw_detector_image_is_inverted_and_says_why(corpus):
+    info = _info(corpus / "dx_chest_raw_j2k.dcm")
+    assert info.inverted
+    assert info.voi.startswith("none (window does not fit")
+
+
+@pytest.mark.parametrize("series", ["RG2", "RG3"])
+def test_lossless_encodings_give_identical_images(corpus, series):
+    names = ["J2KR", "JLSL", "JPLL", "RLE"] + (["UNCR"] if series == "RG3" else [])
+    images = {n: _image(corpus / f"wg04_{series}_{n}.dcm") for n in names}
+    ref = images[names[0]]
+    for n, img in images.items():
+        np.testing.assert_array_equal(img, ref, err_msg=f"{series} {n}")
+
+
+@pytest.mark.parametrize("series,lossy", [("RG1", "J2KI"), ("RG1", "JLSN"), ("RG2", "J2KI"), ("RG2", "JLSN"),
+                                           ("RG2", "JPLY"), ("RG3", "J2KI"), ("RG3", "JLSN"), ("RG3", "JPLY")])
+def test_lossy_encodings_stay_close_to_lossless(corpus, series, lossy):
+    ref = _image(corpus / f"wg04_{series}_{'UNCR' if series != 'RG2' else 'JPLL'}.dcm")
+    img = _image(corpus / f"wg04_{series}_{lossy}.dcm")
+    assert np.abs(img - ref).mean() < 0.01
+
+
+def test_12bit_jpeg_with_bad_scan_parameters_uses_lenient_decoder(corpus):
+    for name in ("wg04_RG2_JPLY.dcm", "wg04_RG3_JPLY.dcm"):
+        info = _info(corpus / name)
+        assert info.lenient_decoder and "lenient" in info.decoder
+    assert not _info(corpus / "wg04_RG2_JPLL.dcm").lenient_decoder
+
+
+def test_files_without_file_meta_and_rgb(corpus):
+    assert _info(corpus / "cr_chest_mono1_nometa.dcm").file_meta_missing
+    assert _info(corpus / "dx_spine_lateral_nometa.dcm").file_meta_missing
+    info = _info(corpus / "dx_pelvis_ddh_1.dcm")
+    assert info.photometric_interpretation.startswith(("RGB", "YBR")) and not info.inverted
+
+
+def test_modality_lut_sequence_is_applied(corpus):
+    info = _info(corpus / "cr_dental_pano_modlut.dcm")
+    assert info.inverted  # MONOCHROME1
+
+
+# ---------------------------------------------------------------------------------------------
+# Twins: the same picture written differently must give the same normalised image
+
+
+@pytest.fixture(scope="module")
+def leg(corpus):
+    """RG3 uncompressed: MONOCHROME1, 10-bit, window 550/1024."""
+    return fac.load(corpus / "wg04_RG3_UNCR.dcm")
+
+
+def test_monochrome1_and_monochrome2_twin_agree(leg, tmp_path):
+    top = 2 ** int(leg.BitsStored) - 1
+    arr = leg.pixel_array
+    twin = fac.with_pixels(leg, (top - arr).astype(np.uint16), PhotometricInterpretation="MONOCHROME2",
+                           WindowCenter=top - float(leg.WindowCenter))
+    a = _image(fac.save(leg, tmp_path / "m1.dcm"))
+    b = _image(fac.save(twin, tmp_path / "m2"))
+    assert np.abs(a - b).max() < 0.01
+
+
+def test_presentation_lut_inverse_matches_monochrome1(leg, tmp_path):
+    top = 2 ** int(leg.BitsStored) - 1
+    twin = fac.with_pixels(leg, leg.pixel_array, PhotometricInterpretation="MONOCHROME2", PresentationLUTShape="INVERSE")
+    plain = fac.with_pixels(leg, leg.pixel_array, PhotometricInterpretation="MONOCHROME2")
+    a = _image(fac.save(leg, tmp_path / "m1.dcm"))
+    b = _image(fac.save(twin, tmp_path / "inv.dcm"))
+    c = _image(fac.save(plain, tmp_path / "plain.dcm"))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert np.corrcoef(a.ravel(), c.ravel())[0, 1] < -0.9  # without INVERSE it is the negative
+    assert top > 0
+
+
+def test_window_covering_the_data_equals_no_window(corpus, tmp_path):
+    ds = fac.load(corpus / "wg04_RG2_JPLL.dcm")  # MONOCHROME2, 10-bit, window 511/1024 = full range
+    arr = ds.pixel_array
+    windowed = fac.with_pixels(ds, arr, WindowCenter=float(arr.min() + arr.max()) / 2 + 0.5, WindowWidth=float(arr.max() - arr.min()) + 1)
+    unwindowed = fac.with_pixels(ds, arr, WindowCenter=None, WindowWidth=None)
+    a = _image(fac.save(windowed, tmp_path / "w.dcm"))
+    b = _image(fac.save(unwindowed, tmp_path / "nw.dcm"))
+    assert _info(tmp_path / "w.dcm").voi == "window" and _info(tmp_path / "nw.dcm").voi == "none"
+    assert np.abs(a - b).max() < 0.01
+
+
+def test_rescale_and_signed_pixels_with_matching_window(leg, tmp_path):
+    arr = leg.pixel_array.astype(np.int32)
+    c, w = float(leg.WindowCenter), float(leg.WindowWidth)
+    rescaled = fac.with_pixels(leg, arr.astype(np.uint16), RescaleSlope=2, RescaleIntercept=-100,
+                               WindowCenter=2 * c - 100, WindowWidth=2 * w)
+    signed = fac.with_pixels(leg, (arr - 512).astype(np.int16), WindowCenter=c - 512, BitsStored=16, HighBit=15)
+    ref = _image(fac.save(leg, tmp_path / "ref.dcm"))
+    assert np.abs(_image(fac.save(rescaled, tmp_path / "r.dcm")) - ref).max() < 0.01
+    assert np.abs(_image(fac.save(signed, tmp_path / "s.dcm")) - ref).max() < 0.01
+
+
+def test_voi_lut_sequence_is_used_before_window(leg, tmp_path):
+    """A VOI LUT that inverts the window's ramp must win over the window and flip the image."""
+    c, w = float(leg.WindowCenter), float(leg.WindowWidth)
+    first = 0
+    x = np.arange(1024, dtype=np.float64)
+    ramp = np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1)
+    item = fac.pydicom.Dataset()
+    item.LUTDescriptor = [1024, first, 16]
+    item.LUTData = (np.rint((1 - ramp) * 65535)).astype(np.uint16).tolist()
+    item["LUTData"].VR = "US"
+    twin = fac.with_pixels(leg, leg.pixel_array, VOILUTSequence=fac.pydicom.Sequence([item]))
+    a = _image(fac.save(leg, tmp_path / "ref.dcm"))
+    b = _image(fac.save(twin, tmp_path / "lut.dcm"))
+    assert _info(tmp_path / "lut.dcm").voi == "lut"
+    assert np.abs((1 - a) - b).max() < 0.02
+
+
+def test_eight_bit_twin(leg, tmp_path):
+    arr = (leg.pixel_array >> 2).astype(np.uint8)
+    twin = fac.with_pixels(leg, arr, BitsStored=8, HighBit=7, WindowCenter=None, WindowWidth=None)
+    ref = fac.with_pixels(leg, leg.pixel_array, WindowCenter=None, WindowWidth=None)
+    a = _image(fac.save(ref, tmp_path / "ref.dcm"))
+    b = _image(fac.save(twin, tmp_path / "8.dcm"))
+    assert np.abs(a - b).mean() < 0.01
+
+
+def test_multiframe_gives_one_image_per_frame(leg, tmp_path):
+    arr = leg.pixel_array
+    frames = np.stack([arr, arr[::-1]])
+    path = fac.save(fac.with_pixels(leg, frames), tmp_path / "mf.dcm")
+    read = read_file(path)
+    assert [r.frame for r in read.radiographs] == [0, 1]
+    np.testing.assert_allclose(read.radiographs[1].image, read.radiographs[0].image[::-1], atol=1e-6)
+
+
+def test_huge_image_is_downsampled_early(tmp_path):
+    ds = fac.minimal(rows=6000, cols=5000)
+    img = _image(fac.save(ds, tmp_path / "huge.dcm"))
+    assert max(img.shape) <= 1024
+    assert read_file(tmp_path / "huge.dcm").radiographs[0].info.original_shape == (6000, 5000)
+    big = _image(tmp_path / "huge.dcm", max_side=None)
+    assert big.shape == (6000, 5000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad and non-radiograph inputs: a clear reason each, and the run goes on
+
+
+def _bad_inputs(folder: Path, corpus: Path) -> dict[str, str]:
+    """Write bad inputs into ``folder``; return name -> expected fragment of the reason."""
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "notes.txt").write_text("this is not DICOM\n" * 20)
+    (folder / "random.bin").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    good = (corpus / "wg04_RG3_UNCR.dcm").read_bytes()
+    (folder / "truncated_header.dcm").write_bytes(good[:300])
+    (folder / "truncated_pixels.dcm").write_bytes(good[: len(good) // 2])
+    j2k = fac.load(corpus / "cr_hand_j2k.dcm")
+    (frame,) = generate_frames(j2k.PixelData, number_of_frames=1)
+    j2k.PixelData = encapsulate([frame[:200] + b"\xff\x00" * 4000])  # damaged codestream, intact file
+    fac.save(j2k, folder / "corrupt_j2k.dcm")
+    fac.save(fac.minimal("CT"), folder / "ct")
+    fac.save(fac.minimal("DX", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]), folder / "scout.dcm")
+    sr = fac.minimal("SR")
+    del sr.PixelData
+    fac.save(sr, folder / "report.dcm")
+    nomod = fac.minimal("DX")
+    del nomod.Modality
+    fac.save(nomod, folder / "nomodality.dcm")
+    fac.save(fac.minimal("DX", PhotometricInterpretation="PALETTE COLOR"), folder / "palette.dcm")
+    flat = fac.minimal("DX")
+    flat.PixelData = np.full((64, 48), 7, np.uint16).tobytes()
+    fac.save(flat, folder / "blank.dcm")
+    return {
+        "empty.dcm": "failed:empty file (0 bytes)",
+        "notes.txt": "failed:not a DICOM file",
+        "random.bin": "failed:not a DICOM file",
+        "truncated_header.dcm": "failed:",
+        "truncated_pixels.dcm": "failed:",
+        "corrupt_j2k.dcm": "failed:JPEG 2000",
+        "ct": "skipped:modality CT",
+        "scout.dcm": "skipped:localizer",
+        "report.dcm": "skipped:non-image object",
+        "nomodality.dcm": "skipped:no Modality",
+        "palette.dcm": "failed:unsupported Photometric Interpretation PALETTE COLOR",
+        "blank.dcm": "failed:blank image",
+    }
+
+
+def test_bad_inputs_each_get_a_reason_and_the_run_goes_on(corpus, tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    expected = _bad_inputs(folder, corpus)
+    # good files between the bad ones, one without .dcm, one in a subfolder, one DX-like modality
+    (folder / "a_good").write_bytes((corpus / "cr_chest_mono1_nometa.dcm").read_bytes())
+    (folder / "sub" / "z_good.dcm").write_bytes((corpus / "wg04_RG2_RLE.dcm").read_bytes())
+    fac.save(fac.minimal("MG"), folder / "mammo.dcm")
+    (folder / ".DS_Store").write_bytes(b"\0" * 10)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+    results = list(iter_radiographs(folder))
+
+    by_source = {r.source: r for r in results}
+    assert set(by_source) == set(expected) | {"a_good", "sub/z_good.dcm", "mammo.dcm"}
+    for name, want in expected.items():
+        status, fragment = want.split(":", 1)
+        outcome = by_source[name]
+        assert not isinstance(outcome, Radiograph), name
+        assert outcome.status == Status(status), outcome.one_line()
+        assert fragment in (outcome.reason or ""), outcome.one_line()
+        assert name in outcome.one_line()
+    assert isinstance(by_source["a_good"], Radiograph)
+    assert isinstance(by_source["sub/z_good.dcm"], Radiograph)
+    assert by_source["mammo.dcm"].info.dx_like
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    assert before == after, "sources must never be written"
+
+
+def test_header_less_file_with_compressed_pixels_is_refused_clearly(corpus, tmp_path):
+    ds = fac.load(corpus / "cr_hand_j2k.dcm")
+    path = fac.save_without_meta(ds, tmp_path / "nometa_j2k", implicit_vr=False)
+    outcome = read_file(path).outcome
+    assert outcome is not None and outcome.status is Status.FAILED
+    assert "transfer syntax" in outcome.reason

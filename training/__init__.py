@@ -1,0 +1,1 @@
+"""Training: rebuild the models the app uses (MONAI-based)."""
