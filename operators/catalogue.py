@@ -7,6 +7,7 @@ shared reference, PS3.16 terms); this module only reads and queries it.
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -60,16 +61,22 @@ class Catalogue:
         Terms for label pairs that DICOM names as one region (e.g. Thoracic + Lumbar Spine).
     """
 
-    def __init__(self, classes: Sequence[BodyPartClass], combined: dict[frozenset[str], AnatomyTerm]):
+    def __init__(
+        self,
+        classes: Sequence[BodyPartClass],
+        combined: dict[frozenset[str], AnatomyTerm],
+        regions: Sequence[tuple[frozenset[str], AnatomyTerm]] = (),
+    ):
         names = [c.name for c in classes]
         if len(set(names)) != len(names):
             raise ValueError("duplicate class names in catalogue")
-        for key in combined:
+        for key in [*combined, *(r for r, _ in regions)]:
             missing = set(key) - set(names)
             if missing:
                 raise ValueError(f"combined term refers to unknown classes {sorted(missing)}")
         self.classes: tuple[BodyPartClass, ...] = tuple(classes)
         self.combined = dict(combined)
+        self.regions = tuple(regions)
         self._by_key = {c.name.casefold(): c for c in self.classes}
 
     @classmethod
@@ -114,13 +121,20 @@ class Catalogue:
         """The single term that names a set of labels, or ``None`` when there is none.
 
         One label gives its own term; a pair that DICOM names as one region gives the combined
-        term; anything else (no label, unrelated parts) has no single term.
+        term; several parts of one limb give the limb's parent term (UPPERLIMB, LOWERLIMB);
+        anything else (no label, unrelated parts) has no single term.
         """
         names = self.canonical(labels)
         if len(names) == 1:
             term = self.get(names[0]).term
             return term if (term.body_part_examined or term.sct_code) else None
-        return self.combined.get(frozenset(names))
+        key = frozenset(names)
+        if key in self.combined:
+            return self.combined[key]
+        for members, term in self.regions:
+            if len(key) > 1 and key <= members:
+                return term
+        return None
 
 
 def _read_csv(name: str) -> list[dict[str, str]]:
@@ -147,12 +161,20 @@ def _default_catalogue() -> Catalogue:
         )
         for row in _read_csv("classes.csv")
     ]
-    combined = {
-        frozenset(p.strip() for p in row["labels"].split("+")): AnatomyTerm(
-            _none_if_blank(row["body_part_examined"]),
-            _none_if_blank(row["sct_code"]),
-            _none_if_blank(row["sct_meaning"]),
+    names = [c.name for c in classes]
+    combined: dict[frozenset[str], AnatomyTerm] = {}
+    regions: list[tuple[frozenset[str], AnatomyTerm]] = []
+    for row in _read_csv("combined_terms.csv"):
+        term = AnatomyTerm(
+            _none_if_blank(row["body_part_examined"]), _none_if_blank(row["sct_code"]), _none_if_blank(row["sct_meaning"])
         )
-        for row in _read_csv("combined_terms.csv")
-    }
-    return Catalogue(classes, combined)
+        span = _RANGE.search(row["labels"])
+        if span:  # "upper-limb parts (Clavicles..Finger) mixed": a catalogue range, any mix of it
+            first, last = names.index(span["first"]), names.index(span["last"])
+            regions.append((frozenset(names[first : last + 1]), term))
+        else:
+            combined[frozenset(p.strip() for p in row["labels"].split("+"))] = term
+    return Catalogue(classes, combined, regions)
+
+
+_RANGE = re.compile(r"\((?P<first>[^.()]+)\.\.(?P<last>[^.()]+)\)")

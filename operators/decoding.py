@@ -8,6 +8,8 @@ warning, so we fall back to it frame by frame and record that a lenient decoder 
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +64,9 @@ def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
     ts = transfer_syntax(ds)
     frames_expected = int(ds.get("NumberOfFrames", 1) or 1)
     try:
-        arr = ds.pixel_array
+        # With a lenient fallback at hand, the strict plugins' tracebacks are noise, not news.
+        with _quiet(logging.getLogger("pydicom")) if ts in _LENIENT_JPEG else nullcontext():
+            arr = ds.pixel_array
         decoder = "pydicom" if not ts.is_compressed else f"pydicom ({_plugin_family(ts)})"
         return DecodedPixels(_with_frame_axis(arr, ds, frames_expected), decoder)
     except Exception as strict_error:  # the plugins raise many types; we report the message
@@ -75,6 +79,16 @@ def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
                     f"lenient decoder failed too ({_short(lenient_error)})"
                 ) from lenient_error
         raise DecodeError(f"cannot decode {ts.name} pixel data: {_short(strict_error)}") from strict_error
+
+
+@contextmanager
+def _quiet(logger: logging.Logger):
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _plugin_family(ts: UID) -> str:

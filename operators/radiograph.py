@@ -107,7 +107,7 @@ class Radiograph:
             study_instance_uid=self.study_instance_uid,
             series_instance_uid=self.series_instance_uid,
             sop_instance_uid=self.sop_instance_uid,
-            details={**self.info.to_json(), "image_shape": list(self.image.shape), **details},
+            details={**self.info.to_json(), **details},
         )
 
 
@@ -236,7 +236,7 @@ def to_grey(stored: np.ndarray, ds: pydicom.Dataset, max_side: int | None = DEFA
         if not photometric.startswith(("RGB", "YBR")):
             raise InputError(f"{stored.shape[-1]}-sample image with Photometric Interpretation {photometric}")
         values = stored[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        return _stretch(area_downsample(values, max_side)), False, "none"
+        return stretch(area_downsample(values, max_side)), False, "none"
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(f"unsupported Photometric Interpretation {photometric}")
 
@@ -249,7 +249,7 @@ def to_grey(stored: np.ndarray, ds: pydicom.Dataset, max_side: int | None = DEFA
         inverted = not inverted
     if inverted:
         values = -values  # the stretch below maps it back to [0, 1]
-    return _stretch(values), inverted, voi
+    return stretch(values), inverted, voi
 
 
 def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, str]:
@@ -303,7 +303,7 @@ def _window(x: np.ndarray, c: float, w: float, function: str) -> np.ndarray:
     return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0).astype(np.float32)
 
 
-def _stretch(values: np.ndarray) -> np.ndarray:
+def stretch(values: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(values, PERCENTILES)
     if not hi > lo:
         lo, hi = float(values.min()), float(values.max())

