@@ -14,6 +14,7 @@ Commands:
   inspect   read a folder of DICOM files with the input stage alone: which files are
             radiographs, how each was decoded, and a contact sheet of the grey images
   demo      run on bundled sample radiographs (from the pydicom-data package)
+  train     train, evaluate and export a model package from labelled radiographs
 
 Every input appears in the results with its outcome (ready/classified, skipped, failed and why).
 Source files are never modified.
@@ -35,12 +36,30 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("out/demo"), help="output folder (default: %(default)s)")
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train, evaluate and export a model package", description=(
+        "Train every member of CONFIG on labelled data, fit the stackers and thresholds on the validation "
+        "split, evaluate on the test split (report.md, figures/, metrics.json) and export OUTPUT/package, "
+        "which `python -m app -m OUTPUT/package` loads. Resumes from checkpoints in OUTPUT."))
+    p.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "training/configs/default.yaml",
+                   help="training config YAML/JSON (default: training/configs/default.yaml)")
+    p.add_argument("--data", type=Path, action="append", required=True,
+                   help="labelled data: a labels.csv (or folder with one), a UNIFESP folder (train.csv), or class folders; repeatable")
+    p.add_argument("--layout", choices=["csv", "unifesp", "folders"], help="data layout (default: guessed)")
+    p.add_argument("--holdout-source", action="append", default=[], help="put every image of this source in the test split; repeatable")
+    p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bodypart", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_inspect(sub)
     _add_demo(sub)
+    _add_train(sub)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -63,6 +82,20 @@ def main(argv: list[str] | None = None) -> int:
 
         inputs = write_samples(args.output / "input")
         outcomes = inspect_inputs(inputs, args.output)
+    elif args.command == "train":
+        from training.config import TrainConfig
+        from training.data import DataError
+        from training.pipeline import run_training
+
+        try:
+            config = TrainConfig.load(args.config, device=args.device, epochs=args.epochs)
+            package = run_training(config, args.data, args.output, layout=args.layout,
+                                   holdout_sources=args.holdout_source, resume=not args.no_resume)
+        except (DataError, ValueError, FileNotFoundError) as e:
+            log.error("%s", e)
+            return 2
+        print(f"package: {package}\nreport: {args.output / 'report.md'}")
+        return 0
     else:  # pragma: no cover - argparse restricts choices
         parser.error(f"unknown command {args.command}")
     print(outcome_table(outcomes))

@@ -35,3 +35,42 @@ def corpus_labels(corpus) -> dict[str, list[str]]:
 @pytest.fixture(scope="session")
 def train_dir() -> Path:
     return _require(TRAIN)
+
+
+def write_subset_csv(train_dir: Path, folder: Path, per_class: int = 4, seed: int = 0) -> Path:
+    """A labels.csv with a few images of each class combination from the shared training set."""
+    import random
+
+    rows = list(csv.DictReader(open(train_dir / "labels.csv", newline="")))
+    by_label: dict[str, list[dict]] = {}
+    for r in rows:
+        by_label.setdefault(r["labels"], []).append(r)
+    rng = random.Random(seed)
+    chosen = [r for group in by_label.values() for r in rng.sample(group, min(per_class, len(group)))]
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / "labels.csv"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in chosen:
+            w.writerow({**r, "file": str((train_dir / r["file"]).resolve())})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(train_dir, corpus, tmp_path_factory) -> Path:
+    """A real (tiny) training run: pretrained Lite0 at 64 px, a few steps. Its package is what the
+    app tests load; it is small and fast, not accurate."""
+    from training.config import TrainConfig
+    from training.pipeline import run_training
+
+    work = tmp_path_factory.mktemp("tiny_run")
+    data = write_subset_csv(train_dir, work / "data")
+    config = TrainConfig.load(ROOT / "training/configs/tiny.yaml")
+    run_training(config, [data, corpus], work / "run")
+    return work / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tiny_run) -> Path:
+    return tiny_run / "package"

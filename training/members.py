@@ -174,7 +174,7 @@ def train_member(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(x)
+            total += loss.item() * len(x)
             seen += len(x)
             bar.update(1)
         bar.close()

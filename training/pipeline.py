@@ -33,8 +33,33 @@ class Split:
     test: list[int]
 
 
-def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int, groups: Sequence[str] | None = None, holdout: Sequence[str] = ()) -> Split:
-    """Multilabel-stratified train/val/test indices; samples of ``holdout`` groups go to test only."""
+def duplicate_groups(images: torch.Tensor, tolerance: float = 6.0) -> np.ndarray:
+    """Group ids that put copies of one picture together (the same radiograph in several encodings
+    or sizes), so that no picture lands in two splits. Compares 8x8 thumbnails (mean abs, 0-255)."""
+    thumbs = torch.nn.functional.adaptive_avg_pool2d(images.float(), 8).flatten(1).numpy()
+    group = -np.ones(len(thumbs), int)
+    for i in range(len(thumbs)):
+        if group[i] >= 0:
+            continue
+        same = (np.abs(thumbs - thumbs[i]).mean(1) <= tolerance) & (group < 0)
+        group[same] = i
+    return group
+
+
+def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int, sources: Sequence[str] | None = None,
+                     holdout: Sequence[str] = (), groups: np.ndarray | None = None) -> Split:
+    """Multilabel-stratified train/val/test indices over duplicate groups (a group never spans two
+    splits); samples of ``holdout`` sources go to test only."""
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    reps, inverse = np.unique(groups, return_inverse=True)
+    first = np.array([np.flatnonzero(inverse == g)[0] for g in range(len(reps))])
+    rep_sources = None if sources is None else [sources[i] for i in first]
+    part = _split_indices(y[first], fractions, seed, rep_sources, holdout)
+    expand = lambda idx: sorted(np.flatnonzero(np.isin(inverse, idx)).tolist())  # noqa: E731
+    return Split(expand(part.train), expand(part.val), expand(part.test))
+
+
+def _split_indices(y: np.ndarray, fractions: Sequence[float], seed: int, groups: Sequence[str] | None, holdout: Sequence[str]) -> Split:
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
     idx = np.arange(len(y))
@@ -85,7 +110,10 @@ def run_training(
     pre = Preprocessing(size=config.image_size, mean=config.mean, std=config.std)
     y = targets(samples, catalogue)
     images = cache_images(samples, pre)
-    split = stratified_split(y, config.split, config.seed, [s.source for s in samples], holdout_sources)
+    groups = duplicate_groups(images)
+    if (n_dup := len(samples) - len(np.unique(groups))):
+        log.info("%d images are copies of others (same picture, other encoding): kept in the same split", n_dup)
+    split = stratified_split(y, config.split, config.seed, [s.source for s in samples], holdout_sources, groups)
     _save_split(output / "split.csv", samples, split)
     (output / "config.json").write_text(json.dumps(config.to_json(), indent=2))
     tr, va, te = (np.asarray(v, int) for v in (split.train, split.val, split.test))

@@ -1,0 +1,116 @@
+"""The MONAI Deploy application end to end, as users and a MAP run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from tests.conftest import ROOT
+
+SCHEMA = json.loads((ROOT / "app/results.schema.json").read_text())
+
+
+def run_app(args: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def corpus_run(corpus, tiny_package, tmp_path_factory):
+    out = tmp_path_factory.mktemp("app_out")
+    proc = run_app(["-i", str(corpus), "-o", str(out), "-m", str(tiny_package)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_every_input_is_listed_and_every_radiograph_classified(corpus_run, corpus):
+    out, _ = corpus_run
+    doc = json.loads((out / "results.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    by_source = {i["source"]: i for i in doc["instances"]}
+    dicoms = sorted(p.name for p in corpus.glob("*.dcm"))
+    assert len(dicoms) == 35
+    for name in dicoms:
+        inst = by_source[name]
+        assert inst["status"] == "classified", (name, inst["reason"])
+        assert inst["sop_instance_uid"] and inst["model_name"] == "bodypart-tiny"
+        assert set(inst["labels"]) <= set(doc["model"]["trained_classes"])
+        assert set(inst["probabilities"]) == set(doc["model"]["trained_classes"])
+    assert by_source["labels.csv"]["status"] == "failed"
+    assert doc["complete"] is True and doc["summary"]["classified"] == 35
+    assert "Sinus" in doc["model"]["untrained_classes"]
+    assert not (out / "results.jsonl").exists()
+
+
+def test_stated_body_part_and_agreement(corpus_run):
+    out, _ = corpus_run
+    doc = json.loads((out / "results.json").read_text())
+    hand = next(i for i in doc["instances"] if i["source"] == "cr_hand_j2k.dcm")
+    assert hand["stated_body_part_examined"] == "HAND"
+    assert hand["agrees"] is (hand["body_part_examined"] == "HAND") if hand["body_part_examined"] else hand["agrees"] is None
+
+
+def test_logs_name_files_and_no_patient_data(corpus_run, corpus):
+    _, proc = corpus_run
+    import pydicom
+
+    ds = pydicom.dcmread(corpus / "wg04_RG1_UNCR.dcm", stop_before_pixels=True)
+    assert "wg04_RG1_UNCR.dcm" in proc.stderr
+    for value in (str(ds.get("PatientName", "")), str(ds.get("PatientID", ""))):
+        if len(value) > 3:
+            assert value not in proc.stderr
+
+
+def test_map_layout_via_environment_variables(corpus, tiny_package, tmp_path):
+    """As in a MAP: /var/holoscan/input, /opt/holoscan/models, /var/holoscan/output via env vars."""
+    (tmp_path / "input").mkdir()
+    for name in ("cr_hand_j2k.dcm", "dx_pelvis_ddh_1.dcm"):
+        shutil.copy(corpus / name, tmp_path / "input" / name)
+    shutil.copytree(tiny_package, tmp_path / "models")
+    env = {"HOLOSCAN_INPUT_PATH": str(tmp_path / "input"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "output"),
+           "HOLOSCAN_MODEL_PATH": str(tmp_path / "models"), "BODYPART_STACKER": "xgboost", "BODYPART_BATCH_SIZE": "1"}
+    proc = run_app([], env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "output/results.json").read_text())
+    assert doc["model"]["stacker"] == "xgboost"
+    assert [i["status"] for i in doc["instances"]] == ["classified", "classified"]
+
+
+def test_corrupt_model_package_fails_before_any_work(corpus, tiny_package, tmp_path):
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_package, pkg)
+    (pkg / "stackers/logistic.json").write_text("{}")
+    proc = run_app(["-i", str(corpus), "-o", str(tmp_path / "out"), "-m", str(pkg)])
+    assert proc.returncode == 2
+    errors = [l for l in proc.stderr.splitlines() if "ERROR" in l]
+    assert len(errors) == 1 and "checksum mismatch for stackers/logistic.json" in errors[0]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_missing_model_path_is_a_clear_error(corpus, tmp_path):
+    proc = run_app(["-i", str(corpus), "-o", str(tmp_path / "out")], env={"HOLOSCAN_MODEL_PATH": str(tmp_path / "none")})
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+
+
+def test_partial_results_survive_an_interrupted_run(tmp_path):
+    """Results are appended and flushed per batch: a killed run leaves every finished one readable."""
+    from operators.outcome import InputOutcome, Status
+    from operators.results import ResultsWriter
+
+    w = ResultsWriter(tmp_path, {"input": "x"})
+    w.add([InputOutcome("a.dcm", Status.SKIPPED, "modality CT is not plain radiography (CR/DX)")])
+    w.add([InputOutcome("b.dcm", Status.FAILED, "empty file (0 bytes)")])
+    # no close(): as if the process died here
+    lines = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [l["source"] for l in lines] == ["a.dcm", "b.dcm"]
+    jsonschema.validate(lines[0], {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/instance"})
+    final = json.loads(w.close(interrupted="SIGTERM").read_text())
+    assert final["complete"] is False and len(final["instances"]) == 2

@@ -1,0 +1,100 @@
+"""Ensemble decisions and stackers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from operators.batching import iter_batches
+from operators.catalogue import Catalogue
+from operators.classify import classify_batch
+from operators.ensemble import Ensemble, decide
+from operators.model_package import load_package
+from operators.outcome import Status
+from operators.results import ModelInfo
+from operators.stacking import LogisticStacker, MeanStacker, XGBoostStacker, stacker_from_json
+
+CLASSES = ("A", "B", "C", "D")
+
+
+def test_decide_reports_known_classes_above_threshold():
+    probs = np.array([0.9, 0.2, 0.95, 0.05])
+    known = np.array([True, True, False, True])
+    labels, reason = decide(probs, np.full(4, 0.5), known, 0.1, 3, CLASSES)
+    assert labels == ["A"] and reason is None  # C is above threshold but unknown: never reported
+
+
+def test_decide_flags_low_confidence_and_conflicts():
+    th, known = np.full(4, 0.5), np.ones(4, bool)
+    assert decide(np.array([0.3, 0.2, 0.1, 0.0]), th, known, 0.1, 3, CLASSES) == ([], "no class above its threshold")
+    labels, reason = decide(np.array([0.9, 0.55, 0.1, 0.0]), th, known, 0.1, 3, CLASSES)
+    assert labels == ["A", "B"] and "uncertain: B" in reason
+    labels, reason = decide(np.array([0.9, 0.9, 0.9, 0.9]), th, known, 0.1, 3, CLASSES)
+    assert "conflicting" in reason
+
+
+def _toy(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < 0.4).astype(float)
+    good = np.clip(y * 0.7 + rng.random((n, 3)) * 0.3, 0, 1)  # informative member
+    noise = rng.random((n, 3))  # useless member
+    return np.stack([good, noise], 1), y
+
+
+@pytest.mark.parametrize("cls", [LogisticStacker, XGBoostStacker])
+def test_stackers_learn_to_trust_the_informative_member_and_round_trip(cls):
+    x, y = _toy()
+    st = cls.fit(x, y)
+    xt, yt = _toy(seed=1)
+    acc = ((st.predict(xt) >= 0.5) == yt).mean()
+    mean_acc = ((MeanStacker().predict(xt) >= 0.5) == yt).mean()
+    assert acc > 0.95 and acc > mean_acc
+    again = stacker_from_json(json.loads(json.dumps(st.to_json())))
+    np.testing.assert_allclose(again.predict(xt), st.predict(xt), rtol=1e-6, atol=1e-6)
+
+
+def test_stacker_falls_back_to_mean_for_classes_without_both_outcomes():
+    x, y = _toy()
+    y[:, 2] = 0
+    st = LogisticStacker.fit(x, y)
+    assert not st.fitted[2]
+    np.testing.assert_allclose(st.predict(x)[:, 2], x[:, :, 2].mean(1))
+
+
+def test_ensemble_on_real_files_reports_only_known_classes(tiny_package, corpus):
+    pkg = load_package(tiny_package)
+    ens = Ensemble(pkg, device="cpu")
+    batch = next(iter_batches(corpus, pkg.preprocessing, batch_size=4))
+    preds = ens.predict(batch.tensor)
+    assert len(preds) == 4
+    for p in preds:
+        assert set(p.probabilities) == set(pkg.trained_classes)
+        assert set(p.labels) <= set(pkg.trained_classes)
+        assert p.needs_review == (p.review_reason is not None)
+        assert set(p.member_probabilities) == {"efficientnet_lite0"}
+
+
+def test_stacker_choice_changes_the_stack_not_the_members(tiny_package, corpus):
+    pkg = load_package(tiny_package)
+    batch = next(iter_batches(corpus, pkg.preprocessing, batch_size=3))
+    a = Ensemble(pkg, device="cpu", stacker="mean").predict(batch.tensor)
+    b = Ensemble(pkg, device="cpu", stacker="xgboost").predict(batch.tensor)
+    assert a[0].member_probabilities == b[0].member_probabilities
+    # one member: the mean stack is that member
+    assert a[0].probabilities == a[0].member_probabilities["efficientnet_lite0"]
+
+
+def test_a_failing_batch_marks_only_its_images_failed(tiny_package, corpus, monkeypatch):
+    pkg = load_package(tiny_package)
+    ens = Ensemble(pkg, device="cpu")
+    batches = list(iter_batches(corpus, pkg.preprocessing, batch_size=8))
+    model, cat = ModelInfo.of(ens), Catalogue.default()
+    good = classify_batch(ens, batches[0], model, cat)
+    monkeypatch.setattr(ens, "predict", lambda t: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+    bad = classify_batch(ens, batches[1], model, cat)
+    assert all(o.status is Status.CLASSIFIED for o in good)
+    assert all(o.status is Status.FAILED and "out of memory" in o.reason for o in bad if o.sop_instance_uid)
+    assert len(bad) == len(batches[1].items)
