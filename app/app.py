@@ -2,12 +2,15 @@
 
     input folder --> radiograph loader (select, decode, grey, preprocess; batches)
                  --> body-part classifier (CNN ensemble -> stacker -> thresholds)
-                 --> results writer (results.json)
+                 --> DICOM outputs (corrected copies in OUT/dicom, SR per study in OUT/sr)
+                 --> results writer (OUT/results.json)
 
 Paths come from ``-i/-o/-m`` or ``HOLOSCAN_INPUT_PATH``/``HOLOSCAN_OUTPUT_PATH``/
 ``HOLOSCAN_MODEL_PATH`` (as in a MAP); without a model path the packaged default model is used.
 Options that MONAI Deploy's argument parser does not know come from the environment:
-``BODYPART_DEVICE`` (cuda, cpu), ``BODYPART_BATCH_SIZE``, ``BODYPART_STACKER`` (logistic, xgboost, mean).
+``BODYPART_DEVICE`` (cuda, cpu), ``BODYPART_BATCH_SIZE``, ``BODYPART_STACKER`` (logistic, xgboost, mean),
+``BODYPART_KEEP_UIDS=1`` (corrected copies keep their UIDs, for PACS that overwrite),
+``BODYPART_DICOM_OUTPUTS=0`` (results.json only).
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from operators.ensemble import Ensemble
 from operators.holoscan_operators import (
     MORE_INPUT,
     BodyPartClassifierOperator,
+    DicomOutputsOperator,
     RadiographLoaderOperator,
     ResultsWriterOperator,
 )
 from operators.model_package import ModelPackageError, load_package
+from operators.dicom_outputs import DicomOutputs
 from operators.results import ModelInfo
+from operators.sr import Algorithm
 
 log = logging.getLogger("bodypart")
 
@@ -62,10 +68,17 @@ class BodyPartApp(Application):
 
         loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path,
                                           preprocessing=package.preprocessing, batch_size=batch_size, name="radiograph_loader")
-        classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=Catalogue.default(), name="bodypart_classifier")
+        catalogue = Catalogue.default()
+        classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=catalogue, name="bodypart_classifier")
+        algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)
+        dicom_on = os.environ.get("BODYPART_DICOM_OUTPUTS", "1") != "0"
+        dicom = DicomOutputsOperator(self, name="dicom_outputs", outputs=DicomOutputs(
+            output_path, algorithm, catalogue, keep_uids=os.environ.get("BODYPART_KEEP_UIDS") == "1",
+            corrected=dicom_on, reports=dicom_on))
         results = ResultsWriterOperator(self, output_path=output_path, name="results_writer",
                                         run={"app": {"name": self.name, "version": self.version}, "input": str(input_path),
                                              "model": ModelInfo.of(ensemble).to_json()})
 
         self.add_flow(loader, classifier, {("batch", "batch")})
-        self.add_flow(classifier, results, {("results", "results")})
+        self.add_flow(classifier, dicom, {("results", "results")})
+        self.add_flow(dicom, results, {("results", "results")})

@@ -117,14 +117,24 @@ class Catalogue:
     def index(self, name: str) -> int:
         return self.names.index(self.get(name).name)
 
-    def term_for(self, labels: Iterable[str]) -> AnatomyTerm | None:
+    def term_for(self, labels: Iterable[str], probabilities: dict[str, float] | None = None) -> AnatomyTerm | None:
         """The single term that names a set of labels, or ``None`` when there is none.
 
         One label gives its own term; a pair that DICOM names as one region gives the combined
-        term; several parts of one limb give the limb's parent term (UPPERLIMB, LOWERLIMB);
-        anything else (no label, unrelated parts) has no single term.
+        term; several parts of one limb give the limb's parent term (UPPERLIMB, LOWERLIMB). For
+        other mixes, given ``probabilities``, the most probable label's term names the image (DICOM
+        has one Body Part Examined); without them there is no single term. Classes without an
+        anatomy code (Others) have no term.
         """
         names = self.canonical(labels)
+        term = self._joint_term(names)
+        if term is None and probabilities and len(names) > 1:
+            coded = [n for n in names if self.get(n).term.sct_code]
+            if coded:
+                return self._joint_term([max(coded, key=lambda n: probabilities.get(n, 0.0))])
+        return term
+
+    def _joint_term(self, names: list[str]) -> AnatomyTerm | None:
         if len(names) == 1:
             term = self.get(names[0]).term
             return term if (term.body_part_examined or term.sct_code) else None

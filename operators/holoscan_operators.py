@@ -3,7 +3,8 @@
 Each class only moves data between ports; the logic lives in the modules it calls, so it is
 tested without Holoscan. Data flow::
 
-    RadiographLoaderOperator --batch--> BodyPartClassifierOperator --results--> writers
+    RadiographLoaderOperator --batch--> BodyPartClassifierOperator --results-->
+        DicomOutputsOperator (corrected copies, SRs) --results--> ResultsWriterOperator
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 from .batching import Batch, iter_batches
 from .catalogue import Catalogue
 from .classify import classify_batch
+from .dicom_outputs import DicomOutputs
 from .ensemble import Ensemble
 from .outcome import InputOutcome
 from .report import Progress
@@ -68,6 +70,27 @@ class BodyPartClassifierOperator(Operator):
         batch = op_input.receive("batch")
         results = classify_batch(self.ensemble, batch, self.model, self.catalogue)
         op_output.emit((batch, results), "results")
+
+
+class DicomOutputsOperator(Operator):
+    """Writes corrected DICOM copies as results arrive and the per-study SRs at stop; passes the
+    results on with their output paths."""
+
+    def __init__(self, fragment: Fragment, *args, outputs: DicomOutputs, **kwargs):
+        self.outputs = outputs
+        super().__init__(fragment, *args, **kwargs)
+
+    def setup(self, spec: OperatorSpec) -> None:
+        spec.input("results")
+        spec.output("results")
+
+    def compute(self, op_input, op_output, context) -> None:
+        batch, results = op_input.receive("results")
+        op_output.emit((batch, self.outputs.add(batch.items, results)), "results")
+
+    def stop(self) -> None:
+        written = self.outputs.close()
+        log.info("wrote %d structured reports", len(written))
 
 
 class ResultsWriterOperator(Operator):

@@ -62,6 +62,7 @@ class RadiographInfo:
     laterality: str | None = None
     dx_like: bool = False
     file_meta_missing: bool = False
+    sop_class_uid: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +80,7 @@ class RadiographInfo:
             "laterality": self.laterality,
             "dx_like": self.dx_like,
             "file_meta_missing": self.file_meta_missing,
+            "sop_class_uid": self.sop_class_uid,
         }
 
 
@@ -370,6 +372,7 @@ def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAU
                 laterality=_text(ds, "ImageLaterality") or _text(ds, "Laterality"),
                 dx_like=modality in DX_LIKE_MODALITIES,
                 file_meta_missing=meta_missing,
+                sop_class_uid=_text(ds, "SOPClassUID"),
             )
             images.append(
                 Radiograph(

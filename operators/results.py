@@ -55,7 +55,7 @@ class ModelInfo:
 
 def classified_outcome(r: Radiograph, prediction: Prediction, model: ModelInfo, catalogue: Catalogue) -> InputOutcome:
     """The classified record of one radiograph, with the catalogue term for its labels."""
-    term = catalogue.term_for(prediction.labels) if prediction.labels else None
+    term = catalogue.term_for(prediction.labels, prediction.probabilities) if prediction.labels else None
     predicted = term.body_part_examined if term else None
     stated = r.info.stated_body_part_examined
     agrees = None if (predicted is None or stated is None) else stated.strip().upper() == predicted

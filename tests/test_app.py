@@ -47,6 +47,14 @@ def test_every_input_is_listed_and_every_radiograph_classified(corpus_run, corpu
     assert doc["complete"] is True and doc["summary"]["classified"] == 35
     assert "Sinus" in doc["model"]["untrained_classes"]
     assert not (out / "results.jsonl").exists()
+    # DICOM outputs are listed per instance and exist
+    listed = [i["outputs"] for i in doc["instances"] if i.get("outputs")]
+    assert len(listed) == 35
+    for outputs in listed:
+        for rel in outputs.values():
+            if rel:
+                assert (out / rel).is_file(), rel
+    assert len(list((out / "sr").glob("*_tid1500.dcm"))) >= 10
 
 
 def test_stated_body_part_and_agreement(corpus_run):

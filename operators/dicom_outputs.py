@@ -1,0 +1,123 @@
+"""DICOM outputs of a run: a corrected copy per classified image (``OUT/dicom/``) as results come,
+and a TID 1500 SR plus a plain-text SR per study (``OUT/sr/``) when the run ends."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from .catalogue import Catalogue
+from .corrected_tags import corrected_dataset, write_corrected
+from .outcome import InputOutcome, Status
+from .radiograph import Radiograph
+from .sr import Algorithm, ReportedImage, evidence_header, referenceable, text_report, tid1500_report
+
+log = logging.getLogger("bodypart")
+
+
+def _safe(uid: str | None) -> str:
+    return re.sub(r"[^0-9A-Za-z.]", "_", uid or "unknown-study")
+
+
+class DicomOutputs:
+    """Writes corrected copies and per-study SRs; adds their paths (relative to OUT) to outcomes.
+
+    Parameters
+    ----------
+    output_dir
+        The run's output folder.
+    keep_uids
+        Keep SOP Instance and Series Instance UIDs in corrected copies (for PACS that overwrite);
+        by default copies are new instances of a derived series.
+    """
+
+    def __init__(self, output_dir: Path, algorithm: Algorithm, catalogue: Catalogue, keep_uids: bool = False,
+                 corrected: bool = True, reports: bool = True):
+        self.output_dir = Path(output_dir)
+        self.algorithm, self.catalogue, self.keep_uids = algorithm, catalogue, keep_uids
+        self.write_corrected, self.write_reports = corrected, reports
+        self.series_map: dict[str, str] = {}
+        self.studies: dict[str, list[tuple[ReportedImage, Path]]] = {}
+        self.sr_series: dict[str, tuple[str, str]] = {}
+
+    def sr_paths(self, study_uid: str | None) -> dict[str, str]:
+        name = _safe(study_uid)
+        return {"sr": f"sr/{name}_tid1500.dcm", "sr_text": f"sr/{name}_text.dcm"}
+
+    def add(self, items: Sequence[Radiograph | InputOutcome], outcomes: Sequence[InputOutcome]) -> list[InputOutcome]:
+        """Handle one batch: ``items`` as the loader gave them, ``outcomes`` aligned with them."""
+        for item, outcome in zip(items, outcomes):
+            if not isinstance(item, Radiograph) or outcome.status is not Status.CLASSIFIED:
+                continue
+            outputs: dict[str, str | None] = {}
+            d = outcome.details
+            if self.write_corrected:
+                outputs["corrected"] = self._corrected(item, d)
+            if self.write_reports:
+                image = ReportedImage(
+                    source=item.source, sop_class_uid=d.get("sop_class_uid") or "", sop_instance_uid=item.sop_instance_uid or "",
+                    frame=item.frame, labels=tuple(d["labels"]), probabilities=dict(d["probabilities"]),
+                    body_part_examined=d.get("body_part_examined"), needs_review=bool(d["needs_review"]),
+                    review_reason=d.get("review_reason"),
+                )
+                if referenceable(image):
+                    self.studies.setdefault(item.study_instance_uid or "", []).append((image, item.path))
+                    outputs.update(self.sr_paths(item.study_instance_uid))
+                else:
+                    d["sr_reason"] = "not in the SR: the source's SOP Class or Instance UID is not a valid UID"
+            d["outputs"] = outputs
+        return list(outcomes)
+
+    def _corrected(self, item: Radiograph, d: dict) -> str | None:
+        if item.frame not in (None, 0):
+            return None  # one copy per file; frames of one file share its header
+        term = self.catalogue.term_for(d["labels"], d["probabilities"]) if d["labels"] else None
+        if term is None:
+            d["corrected_reason"] = "no anatomy term for these labels"
+            return None
+        rel = PurePosixPath("dicom") / item.source
+        if rel.suffix.lower() != ".dcm":
+            rel = rel.with_name(rel.name + ".dcm")
+        try:
+            ds = corrected_dataset(item.path, term, f"{self.algorithm.model_name} {self.algorithm.model_version}",
+                                   keep_uids=self.keep_uids, series_uid_map=self.series_map)
+            write_corrected(ds, self.output_dir / rel)
+        except Exception as e:  # noqa: BLE001 - one file's copy never stops the run
+            log.warning("%s: corrected copy not written (%s)", item.source, e)
+            d["corrected_reason"] = f"not written: {e}"
+            return None
+        return rel.as_posix()
+
+    def close(self) -> list[Path]:
+        """Write the SRs of every study seen; return their paths."""
+        written = []
+        for study, entries in self.studies.items():
+            paths = self.sr_paths(study or None)
+            try:
+                with warnings.catch_warnings():
+                    # highdicom's person-name warnings quote the name: keep patient data out of logs
+                    warnings.filterwarnings("ignore", message=".*person name.*")
+                    evidence = _unique_evidence(path for _, path in entries)
+                    images = [img for img, _ in entries]
+                    for key, build in (("sr", lambda: tid1500_report(images, evidence, self.algorithm, self.catalogue)),
+                                       ("sr_text", lambda: text_report(images, evidence, self.algorithm))):
+                        target = self.output_dir / paths[key]
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        build().save_as(target, enforce_file_format=True)
+                        written.append(target)
+            except Exception as e:  # noqa: BLE001
+                log.error("study %s: SR not written (%s)", study or "unknown", e)
+        return written
+
+
+def _unique_evidence(paths) -> list:
+    seen, out = set(), []
+    for p in paths:
+        ds = evidence_header(p)
+        if ds.SOPInstanceUID not in seen:
+            seen.add(ds.SOPInstanceUID)
+            out.append(ds)
+    return out

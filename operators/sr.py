@@ -1,0 +1,193 @@
+"""DICOM Structured Reports of the result, one pair per study.
+
+- a Comprehensive SR on TID 1500 (Measurement Report), the IHE AI Results way: one measurement
+  group per classified image, with its finding sites (SNOMED CT, from the catalogue), one
+  probability per known class, the algorithm identification (name, version, model checksum), the
+  device observer and a reference to the source image;
+- an Enhanced SR with the same result as plain text, which viewers that do not render TID 1500
+  (OHIF's SR text viewport, for one) show as is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Sequence
+
+import highdicom as hd
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from .catalogue import SCT, Catalogue
+
+#: SNOMED CT 363680008 |Radiographic imaging procedure|
+RADIOGRAPHY = Code("363680008", SCT, "Radiographic imaging procedure")
+#: LOINC 18748-4 Diagnostic imaging report: root of the plain-text SR
+IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")
+SERIES_NUMBER = 9901  # high, so viewers list our series after the acquired ones
+MANUFACTURER = "bodypart-xr"
+
+#: Type 2 attributes (present, may be empty) of modules the SR copies from the source images; old
+#: or anonymised sources often lack them, and an SR must not inherit that gap.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+@dataclass(frozen=True)
+class ReportedImage:
+    """What the SR says about one classified image."""
+
+    source: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame: int | None
+    labels: tuple[str, ...]
+    probabilities: dict[str, float]
+    body_part_examined: str | None
+    needs_review: bool
+    review_reason: str | None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Who produced the result: model and app identity, for the SR's algorithm and observer items."""
+
+    model_name: str
+    model_version: str
+    model_sha256: str
+    stacker: str
+    app_version: str
+
+    @property
+    def device_uid(self) -> str:
+        # Stable per app and model version: the same "device" across runs and sites.
+        return generate_uid(entropy_srcs=[MANUFACTURER, self.app_version, self.model_name, self.model_version])
+
+    def identification(self) -> hd.sr.AlgorithmIdentification:
+        return hd.sr.AlgorithmIdentification(
+            name=self.model_name, version=self.model_version,
+            parameters=[f"model-sha256={self.model_sha256}", f"stacker={self.stacker}"],
+        )
+
+
+def evidence_header(path) -> pydicom.Dataset:
+    """The source's header (no pixels), made fit to copy into an SR.
+
+    Type 2 attributes the source lacks become empty; dates and times that do not parse (seen in
+    anonymised archives: hashes in Study Date, day 31 of February) become empty rather than make
+    the report invalid; strings longer than their VR allows are cut to length.
+    """
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    for keyword in _TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    if str(ds.PatientSex).strip().upper() not in ("M", "F", "O", ""):
+        ds.PatientSex = ""  # 'U' and other non-standard values
+    for keyword in _TYPE3_SEQUENCES:  # present but empty is invalid for Type 3: drop instead
+        if keyword in ds and not ds[keyword].value:
+            del ds[keyword]
+    for elem in list(ds):
+        if elem.VR in _DATE_PARSERS and elem.value not in (None, ""):
+            try:
+                _DATE_PARSERS[elem.VR](str(elem.value))
+            except (ValueError, TypeError):
+                ds[elem.tag].value = ""
+        elif elem.VR in _MAX_LEN and isinstance(elem.value, str) and len(elem.value) > _MAX_LEN[elem.VR]:
+            ds[elem.tag].value = elem.value[: _MAX_LEN[elem.VR]]
+    return ds
+
+
+_TYPE3_SEQUENCES = ("ProcedureCodeSequence", "ReferencedStudySequence", "ReferencedPatientSequence")
+_DATE_PARSERS = {
+    "DA": lambda v: dt.datetime.strptime(v.strip().replace(".", ""), "%Y%m%d"),
+    "TM": lambda v: pydicom.valuerep.TM(v.strip()),
+    "DT": lambda v: pydicom.valuerep.DT(v.strip()),
+}
+_MAX_LEN = {"SH": 16, "LO": 64, "CS": 16, "AE": 16}
+
+
+def referenceable(img: ReportedImage) -> bool:
+    """Whether an image can be referenced from a valid SR (some archives hold invalid UIDs)."""
+    return pydicom.uid.UID(img.sop_instance_uid).is_valid and pydicom.uid.UID(img.sop_class_uid).is_valid
+
+
+def _site(catalogue: Catalogue, name: str) -> hd.sr.FindingSite | None:
+    term = catalogue.get(name).term
+    return hd.sr.FindingSite(Code(term.sct_code, SCT, term.sct_meaning)) if term.sct_code else None
+
+
+def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Dataset], algorithm: Algorithm,
+                   catalogue: Catalogue, series_instance_uid: str | None = None) -> hd.sr.ComprehensiveSR:
+    """A TID 1500 Measurement Report over the images of one study."""
+    if not images:
+        raise ValueError("an SR needs at least one classified image")
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=algorithm.device_uid, name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=algorithm.model_name,
+        ),
+    )
+    groups = []
+    for n, img in enumerate(images, start=1):
+        measurements = []
+        for name, p in img.probabilities.items():
+            site = _site(catalogue, name)
+            if site is None:  # a class without an anatomy code (Others) has no site to measure
+                continue
+            measurements.append(hd.sr.Measurement(name=codes.DCM.Probability, value=float(p), unit=codes.UCUM.NoUnits,
+                                                  finding_sites=[site], algorithm_id=algorithm.identification()))
+        sites = [s for s in (_site(catalogue, l) for l in img.labels) if s is not None]
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"Body part, image {n}"),
+            finding_type=codes.SCT.AnatomicalStructure,
+            algorithm_id=algorithm.identification(),
+            finding_sites=sites or None,
+            measurements=measurements or None,
+            source_images=[hd.sr.SourceImageForMeasurementGroup(
+                img.sop_class_uid, img.sop_instance_uid, None if img.frame is None else [img.frame + 1])],
+        ))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=RADIOGRAPHY,
+        imaging_measurements=groups,
+        title=codes.DCM.ImagingMeasurementReport,
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=list(evidence), specific_character_set="ISO_IR 192", content=report[0],
+        series_instance_uid=series_instance_uid or generate_uid(), series_number=SERIES_NUMBER,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        series_description="Body part identification (AI, TID 1500)", is_complete=True,
+        content_date=dt.date.today(), content_time=dt.datetime.now().time(),
+    )
+
+
+def result_text(img: ReportedImage) -> str:
+    """One human line per image: what a radiologist reads in the viewer."""
+    shown = ", ".join(f"{l} {img.probabilities.get(l, 0):.0%}" for l in img.labels) or "no body part identified"
+    term = f"; Body Part Examined {img.body_part_examined}" if img.body_part_examined else ""
+    review = f". NEEDS REVIEW: {img.review_reason}" if img.needs_review else ""
+    frame = f" frame {img.frame + 1}" if img.frame is not None else ""
+    return f"{img.source}{frame}: {shown}{term}{review}"
+
+
+def text_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Dataset], algorithm: Algorithm,
+                series_instance_uid: str | None = None) -> hd.sr.EnhancedSR:
+    """The same result as plain text (an Enhanced SR with TEXT items)."""
+    root = hd.sr.ContainerContentItem(name=IMAGING_REPORT, template_id=None)
+    items = [hd.sr.TextContentItem(
+        name=codes.DCM.Finding, value=result_text(img)[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for img in images]
+    items.append(hd.sr.TextContentItem(
+        name=codes.DCM.AlgorithmName, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        value=f"{algorithm.model_name} {algorithm.model_version} ({MANUFACTURER} {algorithm.app_version}); "
+              "AI result, to be confirmed by a person"))
+    root.ContentSequence = hd.sr.ContentSequence(items)
+    return hd.sr.EnhancedSR(
+        evidence=list(evidence), specific_character_set="ISO_IR 192", content=root,
+        series_instance_uid=series_instance_uid or generate_uid(), series_number=SERIES_NUMBER + 1,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        series_description="Body part identification (AI, text)", is_complete=True,
+        content_date=dt.date.today(), content_time=dt.datetime.now().time(),
+    )

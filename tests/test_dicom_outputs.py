@@ -1,0 +1,169 @@
+"""Corrected copies and structured reports, with a test double for the classifier: the corpus's
+own labels, so that codes and terms can be checked against the catalogue exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import generate_frames
+
+from operators.catalogue import Catalogue
+from operators.dicom_outputs import DicomOutputs
+from operators.ensemble import Prediction
+from operators.radiograph import read_file
+from operators.results import ModelInfo, classified_outcome
+from operators.sr import Algorithm
+
+CAT = Catalogue.default()
+MODEL = ModelInfo("labels-double", "1.0", "0" * 64, "mean", "cpu", tuple(CAT.names), tuple(CAT.names), {c: 0.5 for c in CAT.names})
+ALGORITHM = Algorithm("labels-double", "1.0", "0" * 64, "mean", "0.1.0")
+
+
+def _double(labels):
+    probs = {c: (0.9 - 0.05 * labels.index(c) if c in labels else 0.02) for c in CAT.names}
+    return Prediction(probabilities=probs, member_probabilities={}, labels=list(labels), needs_review=False, review_reason=None)
+
+
+def run_outputs(corpus, names, out, labels, keep_uids=False):
+    outputs = DicomOutputs(out, ALGORITHM, CAT, keep_uids=keep_uids)
+    items, outcomes = [], []
+    for name in names:
+        (r,) = read_file(corpus / name, corpus).radiographs
+        items.append(r)
+        outcomes.append(classified_outcome(r, _double(labels[name]), MODEL, CAT))
+    outputs.add(items, outcomes)
+    return outcomes, outputs.close()
+
+
+def dciodvfy_errors(path: Path) -> set[str]:
+    out = subprocess.run(["dciodvfy", str(path)], capture_output=True).stderr.decode("latin-1")
+    return {l.strip() for l in out.splitlines() if l.startswith("Error")}
+
+
+@pytest.fixture(scope="module")
+def written(corpus, corpus_labels, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dicom_out")
+    before = {n: hashlib.sha256((corpus / n).read_bytes()).hexdigest() for n in corpus_labels}
+    outcomes, srs = run_outputs(corpus, sorted(corpus_labels), out, corpus_labels)
+    after = {n: hashlib.sha256((corpus / n).read_bytes()).hexdigest() for n in corpus_labels}
+    assert before == after, "sources must never be written"
+    return out, {o.source: o for o in outcomes}, srs
+
+
+EXPECTED_TERMS = {
+    "Chest": ("CHEST", "816094009"), "Hand": ("HAND", "85562004"), "Hip": ("HIP", "24136001"),
+    "Pelvis|Hip": ("PELVIS", "816092008"),  # no joint term: the most probable label names it
+    "Lower leg|Ankle": ("LOWERLIMB", "61685007"),  # parts of one limb: the parent term
+    "Thoracic Spine|Lumbar Spine": ("TLSPINE", "1217256009"),  # a combined term
+}
+
+
+def test_corrected_copies_carry_catalogue_terms_and_history(written, corpus, corpus_labels):
+    out, outcomes, _ = written
+    checked = 0
+    for name, labels in corpus_labels.items():
+        o = outcomes[name]
+        rel = o.details["outputs"]["corrected"]
+        key = "|".join(labels)
+        if key == "Others":
+            assert rel is None and "no anatomy term" in o.details["corrected_reason"]
+            continue
+        term, code = EXPECTED_TERMS[key]
+        src = pydicom.dcmread(corpus / name, force=True)
+        copy = pydicom.dcmread(out / rel)
+        assert copy.BodyPartExamined == term
+        assert o.details["body_part_examined"] == term
+        region = copy.AnatomicRegionSequence[0]
+        assert (region.CodeValue, region.CodingSchemeDesignator) == (code, "SCT")
+        record = copy.OriginalAttributesSequence[-1]
+        assert record.ModifyingSystem == "bodypart-xr" and record.ReasonForTheAttributeModification == "CORRECT"
+        old = record.ModifiedAttributesSequence[0]
+        if str(src.get("BodyPartExamined", "")).upper() != term:
+            assert str(old.BodyPartExamined) == str(src.get("BodyPartExamined", ""))
+        assert old.SOPInstanceUID == src.SOPInstanceUID
+        # safe default: a new instance in a derived series
+        assert copy.SOPInstanceUID != src.SOPInstanceUID and copy.SeriesInstanceUID != src.SeriesInstanceUID
+        assert copy.StudyInstanceUID == src.StudyInstanceUID
+        checked += 1
+    assert checked >= 30
+
+
+def test_pixel_data_is_copied_untouched(written, corpus):
+    out, outcomes, _ = written
+    for name, o in outcomes.items():
+        rel = o.details["outputs"]["corrected"]
+        if rel is None:
+            continue
+        a, b = pydicom.dcmread(corpus / name, force=True), pydicom.dcmread(out / rel)
+        if a["PixelData"].is_undefined_length:
+            # same fragments; only an odd fragment (invalid) gets one trailing pad byte
+            fa = list(generate_frames(a.PixelData, number_of_frames=1))
+            fb = list(generate_frames(b.PixelData, number_of_frames=1))
+            assert all(y[: len(x)] == x and len(y) - len(x) in (0, 1) for x, y in zip(fa, fb)), name
+        else:
+            assert a.PixelData == b.PixelData, name
+        assert b.file_meta.TransferSyntaxUID == (a.file_meta.get("TransferSyntaxUID") or b.file_meta.TransferSyntaxUID)
+
+
+def test_corrected_copies_add_no_dciodvfy_errors(written, corpus):
+    out, outcomes, _ = written
+    for name, o in outcomes.items():
+        rel = o.details["outputs"]["corrected"]
+        if rel:
+            new = dciodvfy_errors(out / rel) - dciodvfy_errors(corpus / name)
+            assert not new, (name, sorted(new)[:3])
+
+
+def test_keep_uids_option(corpus, tmp_path):
+    outcomes, _ = run_outputs(corpus, ["cr_hand_j2k.dcm"], tmp_path, {"cr_hand_j2k.dcm": ["Hand"]}, keep_uids=True)
+    copy = pydicom.dcmread(tmp_path / outcomes[0].details["outputs"]["corrected"])
+    src = pydicom.dcmread(corpus / "cr_hand_j2k.dcm")
+    assert copy.SOPInstanceUID == src.SOPInstanceUID and copy.SeriesInstanceUID == src.SeriesInstanceUID
+
+
+def test_one_sr_pair_per_study_and_all_valid(written):
+    out, outcomes, srs = written
+    studies = {o.study_instance_uid for o in outcomes.values() if o.details.get("outputs", {}).get("sr")}
+    assert len(srs) == 2 * len(studies)
+    for path in srs:
+        assert not dciodvfy_errors(path), (path.name, sorted(dciodvfy_errors(path))[:3])
+
+
+def test_tid1500_round_trips(written, corpus_labels):
+    out, outcomes, _ = written
+    hand = outcomes["cr_hand_j2k.dcm"]
+    sr = hd.sr.srread(out / hand.details["outputs"]["sr"])
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == 1
+    g = groups[0]
+    assert g.source_images[0].referenced_sop_instance_uid == hand.sop_instance_uid
+    assert [s.value.value for s in g.finding_sites] == ["85562004"]
+    probs = {m.finding_sites[0].value.value: m.value for m in g.get_measurements()}
+    assert probs["85562004"] == pytest.approx(0.9)
+    assert probs["816094009"] == pytest.approx(0.02)  # chest: every known class is reported
+    algorithm = [i for i in g[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111001"]  # Algorithm Name
+    assert algorithm and algorithm[0].TextValue == "labels-double"
+    assert sr.Modality == "SR"
+
+
+def test_text_sr_says_it_in_words(written):
+    out, outcomes, _ = written
+    o = outcomes["dx_spine_lateral_nometa.dcm"]
+    sr = pydicom.dcmread(out / o.details["outputs"]["sr_text"])
+    texts = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
+    assert any("dx_spine_lateral_nometa.dcm: Thoracic Spine 90%, Lumbar Spine 85%; Body Part Examined TLSPINE" in t for t in texts)
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_invalid_source_uid_is_left_out_of_the_sr_with_a_reason(written):
+    _, outcomes, _ = written
+    o = outcomes["cr_dental_pano_modlut.dcm"]  # its SOP Instance UID is not a valid UID
+    assert "sr" not in o.details["outputs"] and "not a valid UID" in o.details["sr_reason"]
