@@ -15,6 +15,8 @@ Commands:
             radiographs, how each was decoded, and a contact sheet of the grey images
   demo      run on bundled sample radiographs (from the pydicom-data package)
   train     train, evaluate and export a model package from labelled radiographs
+  map-context
+            lay out the MONAI Application Package build context (then `monai-deploy package`)
 
 Every input appears in the results with its outcome (ready/classified, skipped, failed and why).
 Source files are never modified.
@@ -53,6 +55,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
 
 
+def _add_map(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("map-context", help="lay out the MAP build context", description=(
+        "Create DEST with app/ (a self-contained application folder), app.yaml and models/, and print the "
+        "`monai-deploy package` command that builds the MAP (needs holoscan-cli 4.2 and Docker buildx)."))
+    p.add_argument("dest", type=Path, help="folder to create (replaced if it exists)")
+    p.add_argument("-m", "--models", type=Path, help="model package (default: the shipped default)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bodypart", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_inspect(sub)
     _add_demo(sub)
     _add_train(sub)
+    _add_map(sub)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
@@ -95,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             return 2
         print(f"package: {package}\nreport: {args.output / 'report.md'}")
+        return 0
+    elif args.command == "map-context":
+        from app.map_context import build_context, package_command
+
+        dest = build_context(args.dest, args.models)
+        print(f"MAP build context in {dest}\nbuild it with:\n  {package_command(dest)}")
         return 0
     else:  # pragma: no cover - argparse restricts choices
         parser.error(f"unknown command {args.command}")
