@@ -8,7 +8,8 @@
 Paths come from ``-i/-o/-m`` or ``HOLOSCAN_INPUT_PATH``/``HOLOSCAN_OUTPUT_PATH``/
 ``HOLOSCAN_MODEL_PATH`` (as in a MAP); without a model path the packaged default model is used.
 Options that MONAI Deploy's argument parser does not know come from the environment:
-``BODYPART_DEVICE`` (cuda, cpu), ``BODYPART_BATCH_SIZE``, ``BODYPART_STACKER`` (logistic, xgboost, mean),
+``BODYPART_DEVICE`` (cuda, cpu), ``BODYPART_BATCH_SIZE``, ``BODYPART_WORKERS`` (reader processes; 0 reads
+in the main process; default: the usable cores, at most 16), ``BODYPART_STACKER`` (logistic, xgboost, mean),
 ``BODYPART_KEEP_UIDS=1`` (corrected copies keep their UIDs, for PACS that overwrite),
 ``BODYPART_DICOM_OUTPUTS=0`` (results.json only).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from monai.deploy.core import Application
 from holoscan.conditions import BooleanCondition
 
+from operators.batching import default_workers
 from operators.catalogue import Catalogue
 from operators.ensemble import Ensemble
 from operators.holoscan_operators import (
@@ -64,10 +66,12 @@ class BodyPartApp(Application):
         package = load_package(resolve_model_path(context.model_path))  # fails before any work starts
         ensemble = Ensemble(package, device=os.environ.get("BODYPART_DEVICE") or None, stacker=os.environ.get("BODYPART_STACKER") or None)
         batch_size = int(os.environ.get("BODYPART_BATCH_SIZE", "16"))
+        workers = int(os.environ.get("BODYPART_WORKERS", default_workers()))
         log.info("model %s %s on %s; input %s; output %s", package.name, package.version, ensemble.device, input_path, output_path)
 
         loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path,
-                                          preprocessing=package.preprocessing, batch_size=batch_size, name="radiograph_loader")
+                                          preprocessing=package.preprocessing, batch_size=batch_size, workers=workers,
+                                          name="radiograph_loader")
         catalogue = Catalogue.default()
         classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=catalogue, name="bodypart_classifier")
         algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)

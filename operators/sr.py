@@ -137,7 +137,7 @@ def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.D
             if site is None:  # a class without an anatomy code (Others) has no site to measure
                 continue
             measurements.append(hd.sr.Measurement(name=codes.DCM.Probability, value=float(p), unit=codes.UCUM.NoUnits,
-                                                  finding_sites=[site], algorithm_id=algorithm.identification()))
+                                                  finding_sites=[site]))  # the group names the algorithm
         sites = [s for s in (_site(catalogue, l) for l in img.labels) if s is not None]
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"Body part, image {n}"),

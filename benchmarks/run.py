@@ -1,0 +1,253 @@
+"""Benchmark: per stage, end to end, ceiling, cold start and memory, on CPU or CUDA.
+
+    python benchmarks/run.py --models app/models/default --device cpu --repeat 20 --out bench.json
+
+Prints one table and writes JSON. Inputs are the real corpus (``../shared/data/dicom``), linked
+``--repeat`` times into a temporary folder to reach thousands of files. Not a test: numbers depend
+on the machine, which the JSON records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from operators.batching import default_workers, iter_batches  # noqa: E402
+from operators.catalogue import Catalogue  # noqa: E402
+from operators.classify import classify_batch  # noqa: E402
+from operators.dicom_outputs import DicomOutputs  # noqa: E402
+from operators.ensemble import Ensemble  # noqa: E402
+from operators.model_package import load_package  # noqa: E402
+from operators.networks import create_network  # noqa: E402
+from operators.radiograph import iter_input_files, read_file  # noqa: E402
+from operators.results import ModelInfo, ResultsWriter  # noqa: E402
+from operators.sr import Algorithm  # noqa: E402
+
+
+def machine() -> dict:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    info = {"cpu": cpu, "cores": default_workers(), "python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_decode(corpus: Path) -> dict:
+    """Input stage per transfer syntax, single process: read + decode + grey."""
+    per = defaultdict(list)
+    for path in iter_input_files(corpus):
+        t = time.perf_counter()
+        read = read_file(path, corpus)
+        dt = time.perf_counter() - t
+        if read.radiographs:
+            r = read.radiographs[0]
+            per[r.info.transfer_syntax].append((dt, r.info.original_shape))
+    return {ts: {"files": len(v), "s_per_image": statistics.mean(d for d, _ in v),
+                 "megapixels": statistics.mean(s[0] * s[1] / 1e6 for _, s in v)} for ts, v in sorted(per.items())}
+
+
+def bench_members(ensemble: Ensemble, sizes: list[int], batch: int, extra_archs: list[str], seconds: float = 3.0) -> dict:
+    """Members alone on ready tensors (the ceiling), per member and all together, per input size."""
+    device, out = ensemble.device, {}
+    n_classes = len(ensemble.package.classes)
+    nets = {m.name: net for m, net in zip(ensemble.package.members, ensemble.networks)}
+    for arch in extra_archs:
+        net = create_network(arch, n_classes).eval().to(device)
+        nets[arch] = net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
+    for size in sizes:
+        x = torch.randn(batch, 3, size, size, device=device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        row = {}
+        for name, net in nets.items():
+            row[name] = _rate(lambda: _forward(net, x, device), batch, device, seconds)
+        package_nets = [nets[m.name] for m in ensemble.package.members]
+        row["ensemble (package members)"] = _rate(lambda: [_forward(n, x, device) for n in package_nets], batch, device, seconds)
+        out[size] = row
+    return out
+
+
+def _forward(net, x, device):
+    with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()):
+        return net(x)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _rate(fn, batch: int, device: torch.device, seconds: float) -> float:
+    fn()
+    sync(device)  # warm-up (cudnn autotune, allocator)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        fn()
+        n += 1
+    sync(device)
+    return n * batch / (time.perf_counter() - t0)
+
+
+def link_inputs(corpus: Path, repeat: int, dest: Path) -> int:
+    files = [p for p in iter_input_files(corpus) if p.suffix == ".dcm"]
+    for i in range(repeat):
+        d = dest / f"copy{i:04d}"
+        d.mkdir(parents=True)
+        for f in files:
+            os.symlink(f, d / f.name)
+    return repeat * len(files)
+
+
+def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, workers: int, dicom_outputs: bool) -> dict:
+    """The app's data flow in process: readers -> ensemble -> DICOM outputs -> results."""
+    cat = Catalogue.default()
+    model = ModelInfo.of(ensemble)
+    writer = ResultsWriter(out, {"input": str(inputs)})
+    p = ensemble.package
+    outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat) if dicom_outputs else None
+    stage = defaultdict(float)
+    n = 0
+    t0 = time.perf_counter()
+    t_wait = time.perf_counter()
+    for batch_ in iter_batches(inputs, p.preprocessing, batch, workers):
+        stage["waiting for readers"] += time.perf_counter() - t_wait
+        t = time.perf_counter()
+        results = classify_batch(ensemble, batch_, model, cat)
+        sync(ensemble.device)
+        stage["ensemble + stacker"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if outputs:
+            results = outputs.add(batch_.items, results)
+        writer.add(results)
+        stage["writers"] += time.perf_counter() - t
+        n += len(batch_.radiographs)
+        t_wait = time.perf_counter()
+    t = time.perf_counter()
+    if outputs:
+        outputs.close()
+    writer.close()
+    stage["writers"] += time.perf_counter() - t
+    total = time.perf_counter() - t0
+    return {"images": n, "seconds": total, "images_per_s": n / total, "stage_seconds": dict(stage)}
+
+
+def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int) -> dict:
+    """Per study (files grouped by Study Instance UID): warm process, study in -> results written."""
+    import pydicom
+
+    studies = defaultdict(list)
+    for f in iter_input_files(corpus):
+        if f.suffix == ".dcm":
+            studies[str(pydicom.dcmread(f, stop_before_pixels=True, force=True).get("StudyInstanceUID", f.name))].append(f)
+    lat = []
+    for i, files in enumerate(studies.values()):
+        d = tmp / f"study{i}"
+        d.mkdir(parents=True)
+        for f in files:
+            os.symlink(f, d / f.name)
+        r = bench_pipeline(ensemble, d, tmp / f"study{i}_out", batch, workers=0, dicom_outputs=True)
+        lat.append((r["seconds"], len(files)))
+    s = sorted(x for x, _ in lat)
+    return {"studies": len(s), "files_per_study": [k for _, k in lat], "p50_s": float(np.percentile(s, 50)), "p95_s": float(np.percentile(s, 95))}
+
+
+def bench_cold_start(models: Path, corpus: Path, tmp: Path, device: str) -> dict:
+    d = tmp / "cold"
+    d.mkdir()
+    os.symlink(corpus / "dx_pelvis_ddh_1.dcm", d / "one.dcm")
+    env = {**os.environ, "BODYPART_DEVICE": device, "BODYPART_WORKERS": "0"}
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "app", "-i", str(d), "-o", str(tmp / "cold_out"), "-m", str(models)],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    return {"seconds_to_first_result": time.perf_counter() - t, "returncode": proc.returncode}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=Path, default=ROOT / "app/models/default")
+    ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared/data/dicom")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeat", type=int, default=10, help="copies of the corpus for the end-to-end run")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=default_workers())
+    ap.add_argument("--sizes", default="224,512", help="input sizes for the members-only ceiling")
+    ap.add_argument("--study-members", action="store_true", help="also time densenet121, resnet101, inception_v4")
+    ap.add_argument("--out", type=Path, default=Path("bench.json"))
+    args = ap.parse_args()
+
+    torch.backends.cudnn.benchmark = True
+    package = load_package(args.models)
+    ensemble = Ensemble(package, device=args.device)
+    report = {"machine": machine(), "device": str(ensemble.device), "model": f"{package.name} {package.version}",
+              "members": [m.arch for m in package.members], "batch": args.batch, "workers": args.workers}
+    with tempfile.TemporaryDirectory() as tmp_:
+        tmp = Path(tmp_)
+        report["cold_start"] = bench_cold_start(args.models, args.corpus, tmp, args.device)
+        report["decode"] = bench_decode(args.corpus)
+        sizes = [int(s) for s in args.sizes.split(",")]
+        extra = ["densenet121", "resnet101", "inception_v4"] if args.study_members else []
+        report["ceiling"] = bench_members(ensemble, sizes, args.batch, extra)
+        n = link_inputs(args.corpus, args.repeat, tmp / "inputs")
+        report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers, dicom_outputs=True)
+        report["end_to_end"]["inputs"] = n
+        report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch)
+    size = package.preprocessing.size
+    ceiling = report["ceiling"].get(size, report["ceiling"][sizes[0]])["ensemble (package members)"]
+    report["end_to_end_fraction_of_ceiling"] = report["end_to_end"]["images_per_s"] / ceiling
+    report["peak_rss_mb"] = {"self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                             "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    if ensemble.device.type == "cuda":
+        report["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    args.out.write_text(json.dumps(report, indent=2))
+    print(table(report, size))
+
+
+def table(r: dict, size: int) -> str:
+    m = r["machine"]
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if "gpu" in m else "") + f"; device {r['device']}; model {r['model']}",
+             f"{'stage':<46}{'value':>14}"]
+    add = lambda k, v: lines.append(f"{k:<46}{v:>14}")  # noqa: E731
+    for ts, d in r["decode"].items():
+        add(f"read+decode {ts[:30]} ({d['megapixels']:.1f} MP)", f"{d['s_per_image']*1000:.0f} ms/img")
+    for s, row in r["ceiling"].items():
+        for name, rate in row.items():
+            add(f"members only @{s}px: {name}", f"{rate:.1f} img/s")
+    e = r["end_to_end"]
+    add(f"end to end ({e['inputs']} files, {r['workers']} readers)", f"{e['images_per_s']:.1f} img/s")
+    for k, v in e["stage_seconds"].items():
+        add(f"  {k}", f"{v:.1f} s")
+    add(f"end to end / ceiling @{size}px", f"{r['end_to_end_fraction_of_ceiling']:.1%}")
+    add("per-study latency p50 / p95", f"{r['study_latency']['p50_s']:.2f}/{r['study_latency']['p95_s']:.2f} s")
+    add("cold start (process to first result)", f"{r['cold_start']['seconds_to_first_result']:.1f} s")
+    add("peak RSS main / readers", f"{r['peak_rss_mb']['self']:.0f}/{r['peak_rss_mb']['children']:.0f} MB")
+    if "peak_gpu_mb" in r:
+        add("peak GPU memory", f"{r['peak_gpu_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
