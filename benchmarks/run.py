@@ -31,13 +31,11 @@ sys.path.insert(0, str(ROOT))
 from operators.batching import default_workers, iter_batches  # noqa: E402
 from operators.catalogue import Catalogue  # noqa: E402
 from operators.classify import classify_batch  # noqa: E402
-from operators.dicom_outputs import DicomOutputs  # noqa: E402
 from operators.ensemble import Ensemble  # noqa: E402
 from operators.model_package import load_package  # noqa: E402
 from operators.networks import create_network  # noqa: E402
 from operators.radiograph import iter_input_files, read_file  # noqa: E402
 from operators.results import ModelInfo, ResultsWriter  # noqa: E402
-from operators.sr import Algorithm  # noqa: E402
 
 
 def machine() -> dict:
@@ -67,7 +65,7 @@ def bench_decode(corpus: Path) -> dict:
                  "megapixels": statistics.mean(s[0] * s[1] / 1e6 for _, s in v)} for ts, v in sorted(per.items())}
 
 
-def bench_members(ensemble: Ensemble, sizes: list[int], batch: int, extra_archs: list[str], seconds: float = 3.0) -> dict:
+def bench_members(ensemble: Ensemble, sizes: list[int], batch: int, extra_archs: list[str], seconds: float = 2.0) -> dict:
     """Members alone on ready tensors (the ceiling), per member and all together, per input size."""
     device, out = ensemble.device, {}
     n_classes = len(ensemble.package.classes)
@@ -128,7 +126,12 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
     model = ModelInfo.of(ensemble)
     writer = ResultsWriter(out, {"input": str(inputs)})
     p = ensemble.package
-    outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat) if dicom_outputs else None
+    outputs = None
+    if dicom_outputs:  # needs highdicom: imported only when asked for
+        from operators.dicom_outputs import DicomOutputs
+        from operators.sr import Algorithm
+
+        outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat)
     stage = defaultdict(float)
     n = 0
     t0 = time.perf_counter()
@@ -155,7 +158,7 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
     return {"images": n, "seconds": total, "images_per_s": n / total, "stage_seconds": dict(stage)}
 
 
-def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int) -> dict:
+def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int, dicom_outputs: bool = True) -> dict:
     """Per study (files grouped by Study Instance UID): warm process, study in -> results written."""
     import pydicom
 
@@ -169,21 +172,29 @@ def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int)
         d.mkdir(parents=True)
         for f in files:
             os.symlink(f, d / f.name)
-        r = bench_pipeline(ensemble, d, tmp / f"study{i}_out", batch, workers=0, dicom_outputs=True)
+        r = bench_pipeline(ensemble, d, tmp / f"study{i}_out", batch, workers=0, dicom_outputs=dicom_outputs)
         lat.append((r["seconds"], len(files)))
     s = sorted(x for x, _ in lat)
     return {"studies": len(s), "files_per_study": [k for _, k in lat], "p50_s": float(np.percentile(s, 50)), "p95_s": float(np.percentile(s, 95))}
 
 
 def bench_cold_start(models: Path, corpus: Path, tmp: Path, device: str) -> dict:
+    """Process start to first result: the MONAI Deploy app when Holoscan is installed, else the same
+    pipeline in a fresh Python process (said in ``how``)."""
     d = tmp / "cold"
     d.mkdir()
     os.symlink(corpus / "dx_pelvis_ddh_1.dcm", d / "one.dcm")
     env = {**os.environ, "BODYPART_DEVICE": device, "BODYPART_WORKERS": "0"}
+    try:
+        import holoscan  # noqa: F401
+
+        cmd, how = [sys.executable, "-m", "app", "-i", str(d), "-o", str(tmp / "cold_out"), "-m", str(models)], "python -m app"
+    except ImportError:
+        cmd = [sys.executable, str(Path(__file__)), "--first-result", str(d), "--models", str(models), "--device", device]
+        how = "in-process pipeline (no Holoscan here)"
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "app", "-i", str(d), "-o", str(tmp / "cold_out"), "-m", str(models)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
-    return {"seconds_to_first_result": time.perf_counter() - t, "returncode": proc.returncode}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    return {"seconds_to_first_result": time.perf_counter() - t, "returncode": proc.returncode, "how": how}
 
 
 def main() -> None:
@@ -196,8 +207,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--sizes", default="224,512", help="input sizes for the members-only ceiling")
     ap.add_argument("--study-members", action="store_true", help="also time densenet121, resnet101, inception_v4")
+    ap.add_argument("--no-dicom-outputs", action="store_true", help="leave out corrected copies and SRs (no highdicom)")
+    ap.add_argument("--first-result", type=Path, help=argparse.SUPPRESS)  # cold-start child process
     ap.add_argument("--out", type=Path, default=Path("bench.json"))
     args = ap.parse_args()
+    if args.first_result:
+        ens = Ensemble(load_package(args.models), device=args.device)
+        with tempfile.TemporaryDirectory() as t:
+            bench_pipeline(ens, args.first_result, Path(t), 1, 0, dicom_outputs=False)
+        return
 
     torch.backends.cudnn.benchmark = True
     package = load_package(args.models)
@@ -212,9 +230,10 @@ def main() -> None:
         extra = ["densenet121", "resnet101", "inception_v4"] if args.study_members else []
         report["ceiling"] = bench_members(ensemble, sizes, args.batch, extra)
         n = link_inputs(args.corpus, args.repeat, tmp / "inputs")
-        report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers, dicom_outputs=True)
+        report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers,
+                                              dicom_outputs=not args.no_dicom_outputs)
         report["end_to_end"]["inputs"] = n
-        report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch)
+        report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch, not args.no_dicom_outputs)
     size = package.preprocessing.size
     ceiling = report["ceiling"].get(size, report["ceiling"][sizes[0]])["ensemble (package members)"]
     report["end_to_end_fraction_of_ceiling"] = report["end_to_end"]["images_per_s"] / ceiling

@@ -192,8 +192,13 @@ def write_package(
     decision: Decision = Decision(),
     extra: dict[str, Any] | None = None,
     model_card: str | None = None,
+    weights_dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write a package folder (created) with checksums; return its root."""
+    """Write a package folder (created) with checksums; return its root.
+
+    ``weights_dtype=torch.float16`` halves the size on disk; weights are cast back to float32 on
+    loading (the difference in outputs is far below the decision margins).
+    """
     root = Path(root)
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "models").mkdir(exist_ok=True)
@@ -201,7 +206,7 @@ def write_package(
     member_meta = []
     for member, state in members:
         rel = f"models/{member.name}.pt"
-        torch.save(state, root / rel)
+        torch.save({k: (v.to(weights_dtype) if v.is_floating_point() else v) for k, v in state.items()}, root / rel)
         files[rel] = sha256_file(root / rel)
         member_meta.append({"name": member.name, "arch": member.arch, "weights": rel, "metrics": member.metrics})
     stacker_files = {}

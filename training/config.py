@@ -60,6 +60,7 @@ class TrainConfig:
     num_workers: int = 0
     device: str | None = None  # None: CUDA when present, else CPU
     amp: bool = True  # bf16 autocast on CUDA only
+    weights_dtype: str = "float32"  # how member weights are stored in the package (float16 halves it)
 
     def __post_init__(self) -> None:
         self.members = [m if isinstance(m, MemberConfig) else MemberConfig(**m) for m in self.members]

