@@ -33,25 +33,29 @@ collect() {  # copy what exists so far into $OUT (8 files at most come back)
   tar czf "$OUT/reports.tar.gz" --exclude='*.pt' --exclude='package' runs bench*.json cuda_check.json 2>/dev/null || true
 }
 
+PHASES=${PHASES:-1234}
+MODELS=${MODELS:-runs/default/package}
+if [[ $PHASES == *1* ]]; then
 echo "== phase 1: default package ($(left) s left)"
 timeout $(( $(left) - 30 )) python3 -m training --config "$CONFIG" $DATA -o runs/default \
   --device "$DEVICE" --workers "$WORKERS" --epochs "$EPOCHS"
 collect
-if [ -f runs/default/package/configs/metadata.json ]; then
+fi
+if [[ $PHASES == *2* ]] && [ -f "$MODELS/configs/metadata.json" ]; then
   echo "== phase 2: CUDA vs CPU, benchmark ($(left) s left)"
-  [ "$DEVICE" = cuda ] && timeout 90 python3 benchmarks/cuda_check.py --models runs/default/package --corpus .device/data/dicom --out cuda_check.json
-  timeout 150 python3 benchmarks/run.py --models runs/default/package --corpus .device/data/dicom --device "$DEVICE" \
+  [ "$DEVICE" = cuda ] && timeout 90 python3 benchmarks/cuda_check.py --models "$MODELS" --corpus .device/data/dicom --out cuda_check.json
+  timeout 150 python3 benchmarks/run.py --models "$MODELS" --corpus .device/data/dicom --device "$DEVICE" \
     --repeat "${REPEAT:-60}" --workers 16 --study-members --no-dicom-outputs --out bench_gpu.json
   collect
 fi
-if [ "$(left)" -gt 150 ]; then
+if [[ $PHASES == *3* ]] && [ "$(left)" -gt 150 ]; then
   echo "== phase 3: held-out sources ($(left) s left)"
   timeout $(( $(left) - 20 )) python3 -m training --config "$CONFIG" $DATA -o runs/holdout \
     --device "$DEVICE" --workers "$WORKERS" --epochs "$XEPOCHS" \
     --holdout-source s-mostafa-a/covid-chestxray-dataset --holdout-source icgncl/Dissima --holdout-source dlab-berkeley/R-Deep-Learning
   collect
 fi
-if [ "$(left)" -gt 150 ]; then
+if [[ $PHASES == *4* ]] && [ "$(left)" -gt 150 ]; then
   echo "== phase 4: the study's members from scratch ($(left) s left)"
   timeout $(( $(left) - 15 )) python3 -m training --config "$STUDY_CONFIG" $DATA -o runs/study \
     --device "$DEVICE" --workers "$WORKERS" --epochs "$XEPOCHS"

@@ -211,6 +211,7 @@ def main() -> None:
     ap.add_argument("--first-result", type=Path, help=argparse.SUPPRESS)  # cold-start child process
     ap.add_argument("--out", type=Path, default=Path("bench.json"))
     args = ap.parse_args()
+    args.corpus = args.corpus.resolve()  # inputs are symlinked from a temporary folder
     if args.first_result:
         ens = Ensemble(load_package(args.models), device=args.device)
         with tempfile.TemporaryDirectory() as t:

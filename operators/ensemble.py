@@ -33,16 +33,26 @@ class Prediction:
     review_reason: str | None
 
 
+#: Autocast dtypes by name; "float32" runs without autocast.
+PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 class Ensemble:
     """Loaded members and stacker of a package, ready to predict batches.
 
-    On CUDA it runs bf16 autocast with channels_last; on CPU it runs fp32 (bf16 is slower on
-    CPUs without AMX). The decision is made in float64 NumPy either way, so labels agree.
+    On CUDA it runs channels_last with fp16 autocast by default: measured on the default package,
+    bf16's 8-bit mantissa moved member probabilities by up to 0.49 against fp32 and flipped labels,
+    fp16 by 0.03 with no flip (``benchmarks/cuda_check.py``). The package may name another
+    precision (``inference.precision``). CPU runs fp32: bf16 is slower on CPUs without AMX.
     """
 
-    def __init__(self, package: ModelPackage, device: str | torch.device | None = None, stacker: str | None = None):
+    def __init__(self, package: ModelPackage, device: str | torch.device | None = None, stacker: str | None = None,
+                 precision: str | None = None):
         self.package = package
         self.device = pick_device(str(device) if device else None)
+        self.precision = precision or package.metadata.get("inference", {}).get("precision", "float16")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r} ({', '.join(PRECISIONS)})")
         self.stacker_kind = stacker or package.stacker_kind
         self.stacker = package.load_stacker(self.stacker_kind)
         n = len(package.classes)
@@ -73,7 +83,8 @@ class Ensemble:
         cuda = self.device.type == "cuda"
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast("cuda", dtype=dtype) if (cuda and dtype is not None) else nullcontext()
         outs = []
         with autocast:
             for net in self.networks:

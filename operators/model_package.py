@@ -177,6 +177,14 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
     )
 
 
+def refresh_checksums(root: Path) -> None:
+    """Recompute the checksums in the metadata after an intended edit (e.g. the model card)."""
+    meta_path = Path(root) / METADATA
+    meta = json.loads(meta_path.read_text())
+    meta["files"] = {rel: sha256_file(Path(root) / rel) for rel in meta["files"]}
+    meta_path.write_text(json.dumps(meta, indent=2))
+
+
 def write_package(
     root: Path,
     *,

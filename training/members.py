@@ -100,7 +100,11 @@ def macro_sensitivity(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5) 
 
 @torch.inference_mode()
 def predict(net: nn.Module, images: torch.Tensor, pre: Preprocessing, device: torch.device, batch_size: int = 64, tta: bool = False, amp: bool = True) -> np.ndarray:
-    """Sigmoid probabilities (N, C) for cached squared images; ``tta`` averages flips."""
+    """Sigmoid probabilities (N, C) for cached squared images; ``tta`` averages flips.
+
+    On CUDA this runs fp16 autocast, the inference precision of the app (see operators.ensemble),
+    so that validation choices are made on the numbers users will get.
+    """
     net.eval()
     cuda = device.type == "cuda"
     out = []
@@ -109,7 +113,7 @@ def predict(net: nn.Module, images: torch.Tensor, pre: Preprocessing, device: to
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
-        with torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and amp) else nullcontext():
+        with torch.autocast("cuda", dtype=torch.float16) if (cuda and amp) else nullcontext():
             p = torch.stack([torch.sigmoid(net(v).float()) for v in views]).mean(0)
         out.append(p.cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 0))

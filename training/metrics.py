@@ -13,8 +13,8 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence
     ``evaluated`` restricts the overall figures to the classes the model knows (others are reported
     per class but left out of averages); macro averages use classes with at least one positive.
     """
-    y_true = np.asarray(y_true, bool)
-    y_pred = np.asarray(y_pred, bool)
+    y_true = np.asarray(y_true, bool).reshape(-1, len(classes))
+    y_pred = np.asarray(y_pred, bool).reshape(-1, len(classes))
     mask = np.ones(len(classes), bool) if evaluated is None else np.asarray(evaluated, bool)
     t, p = y_true[:, mask], y_pred[:, mask]
     tp = (y_true & y_pred).sum(0)
