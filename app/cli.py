@@ -13,7 +13,8 @@ Identify the body part(s) shown in plain radiographs (CR/DX DICOM).
 Commands:
   inspect   read a folder of DICOM files with the input stage alone: which files are
             radiographs, how each was decoded, and a contact sheet of the grey images
-  demo      run on bundled sample radiographs (from the pydicom-data package)
+  demo      run the app on bundled sample radiographs (from the pydicom-data package)
+  run       run the app (same as `python -m app -i IN -o OUT -m MODELS`)
   train     train, evaluate and export a model package from labelled radiographs
   map-context
             lay out the MONAI Application Package build context (then `monai-deploy package`)
@@ -33,9 +34,41 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="run on bundled sample radiographs", description=(
-        "Copy sample radiographs from the pydicom-data package into OUTPUT/input and run on them."))
+    p = sub.add_parser("demo", help="run the app on bundled sample radiographs", description=(
+        "Copy sample radiographs from the pydicom-data package into OUTPUT/input, run the app with the "
+        "default model into OUTPUT/output and print what it found."))
     p.add_argument("-o", "--output", type=Path, default=Path("out/demo"), help="output folder (default: %(default)s)")
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the MONAI Deploy app", description=(
+        "Classify every radiograph under INPUT; write OUTPUT/results.json, OUTPUT/sr (structured reports), "
+        "OUTPUT/dicom (corrected copies) and OUTPUT/results.png. Environment: BODYPART_DEVICE, "
+        "BODYPART_STACKER, BODYPART_BATCH_SIZE, BODYPART_WORKERS, BODYPART_KEEP_UIDS."))
+    p.add_argument("-i", "--input", type=Path, required=True, help="a DICOM file or a folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("-m", "--models", type=Path, help="model package (default: the shipped default)")
+
+
+def _run_app(inputs: Path, output: Path, models: Path | None, log) -> int:
+    """Run ``python -m app`` as MONAI Deploy does, then summarise results.json for a person."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output)] + (["-m", str(models)] if models else [])
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1])
+    results = output / "results.json"
+    if proc.returncode != 0 or not results.is_file():
+        log.error("the app failed (exit %d); see the log above", proc.returncode)
+        return proc.returncode or 1
+    doc = json.loads(results.read_text())
+    from app.summary import results_sheet, results_table
+
+    print(results_table(doc))
+    sheet = results_sheet(doc, inputs, output / "results.png")
+    print(f"\nresults: {results}\nstructured reports: {output / 'sr'}\ncorrected copies: {output / 'dicom'}" +
+          (f"\npicture: {sheet}" if sheet else ""))
+    return 0
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_inspect(sub)
     _add_demo(sub)
+    _add_run(sub)
     _add_train(sub)
     _add_map(sub)
     args = parser.parse_args(argv)
@@ -89,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         outcomes = inspect_inputs(args.input, args.output, max_side=args.max_side)
     elif args.command == "demo":
-        from app.input_report import inspect_inputs
         from app.samples import write_samples
 
         inputs = write_samples(args.output / "input")
-        outcomes = inspect_inputs(inputs, args.output)
+        return _run_app(inputs, args.output / "output", None, log)
+    elif args.command == "run":
+        return _run_app(args.input, args.output, args.models, log)
     elif args.command == "train":
         from training.config import TrainConfig
         from training.data import DataError

@@ -48,6 +48,15 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    logging.getLogger("bodypart").setLevel(logging.DEBUG if verbose else logging.INFO)
+    enable_project_loggers()
+
+
+def enable_project_loggers() -> None:
+    """MONAI Deploy configures logging with ``disable_existing_loggers``; keep ours alive."""
+    for name, logger in logging.root.manager.loggerDict.items():
+        if name.startswith("bodypart") and isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 def contact_sheet(

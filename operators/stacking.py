@@ -92,8 +92,10 @@ class XGBoostStacker:
         import xgboost as xgb
 
         n = member_probs.shape[0]
-        features = xgb.DMatrix(member_probs.reshape(n, -1))
         out = member_probs.mean(axis=1).copy()
+        if n == 0:
+            return out
+        features = xgb.DMatrix(member_probs.reshape(n, -1))
         for k, booster in enumerate(self.boosters):
             if booster is not None:
                 out[:, k] = booster.predict(features)

@@ -12,7 +12,7 @@ from app.cli import main
 def test_help_explains_itself(capsys):
     assert main([]) == 2
     text = capsys.readouterr().out
-    for word in ("inspect", "demo", "never modified"):
+    for word in ("inspect", "demo", "run", "train", "map-context", "never modified"):
         assert word in text
 
 
@@ -38,8 +38,14 @@ def test_inspect_missing_input_is_a_clear_error(tmp_path, caplog):
     assert "does not exist" in caplog.text
 
 
-def test_demo_runs_on_bundled_samples(tmp_path):
+def test_demo_runs_the_app_with_the_default_model_on_bundled_samples(tmp_path, capsys):
+    """The README's first command: the shipped default package on the pydicom-data samples."""
     assert main(["demo", "-o", str(tmp_path)]) == 0
-    doc = json.loads((tmp_path / "inputs.json").read_text())
-    statuses = sorted(i["status"] for i in doc["instances"])
-    assert statuses == ["ready", "ready", "skipped"]
+    doc = json.loads((tmp_path / "output/results.json").read_text())
+    by_source = {i["source"]: i for i in doc["instances"]}
+    assert by_source["not_a_radiograph_mr"]["status"] == "skipped"
+    assert by_source["chest_cr_mono1_j2k.dcm"]["labels"] == ["Chest"]
+    assert by_source["chest_cr_mono1_j2k.dcm"]["body_part_examined"] == "CHEST"
+    assert "Lower leg" in by_source["leg_cr_mono1_j2k.dcm"]["labels"]
+    assert (tmp_path / "output/results.png").is_file()
+    assert "CHEST" in capsys.readouterr().out

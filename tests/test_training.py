@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -187,6 +188,7 @@ def test_training_resumes_from_its_checkpoint(train_dir, tmp_path, caplog):
     data = write_subset_csv(train_dir, tmp_path / "d", per_class=2)
     out = tmp_path / "run"
     args = ["train", "--config", str(TINY), "--data", str(data), "-o", str(out), "--device", "cpu"]
+    caplog.set_level(logging.INFO, logger="bodypart")
     assert cli(args + ["--epochs", "1"]) == 0
     caplog.clear()
     assert cli(args + ["--epochs", "2"]) == 0

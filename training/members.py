@@ -116,7 +116,10 @@ def predict(net: nn.Module, images: torch.Tensor, pre: Preprocessing, device: to
         with torch.autocast("cuda", dtype=torch.float16) if (cuda and amp) else nullcontext():
             p = torch.stack([torch.sigmoid(net(v).float()) for v in views]).mean(0)
         out.append(p.cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 0))
+    if not out:  # an empty split: keep the class axis so that stacking and metrics still line up
+        n = next(m for m in reversed(list(net.modules())) if isinstance(m, nn.Linear)).out_features
+        return np.zeros((0, n))
+    return torch.cat(out).numpy().astype(np.float64)
 
 
 def train_member(

@@ -117,6 +117,10 @@ def run_training(
     _save_split(output / "split.csv", samples, split)
     (output / "config.json").write_text(json.dumps(config.to_json(), indent=2))
     tr, va, te = (np.asarray(v, int) for v in (split.train, split.val, split.test))
+    if len(tr) == 0 or len(va) == 0:
+        from .data import DataError
+
+        raise DataError(f"{len(samples)} images ({len(set(groups))} distinct) are too few for a train/validation split")
     train_x, train_y = images[tr], y[tr]
     if config.offline_augment:
         train_x, train_y = offline_augment(train_x, train_y, config.offline_max_factor, config.seed)
