@@ -122,3 +122,42 @@ def test_partial_results_survive_an_interrupted_run(tmp_path):
     jsonschema.validate(lines[0], {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/instance"})
     final = json.loads(w.close(interrupted="SIGTERM").read_text())
     assert final["complete"] is False and len(final["instances"]) == 2
+
+
+def test_default_package_end_to_end_on_the_corpus(corpus, corpus_labels, tmp_path):
+    """`python -m app -i corpus -o OUT` with the shipped default package: every input listed, every
+    radiograph classified. A regression guard on labels, not an accuracy claim: most of these files
+    were in the default package's training split (see its model card for test metrics)."""
+    proc = run_app(["-i", str(corpus), "-o", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["model"]["name"] == "bodypart-lite-ensemble"
+    by_source = {i["source"]: i for i in doc["instances"]}
+    assert all(by_source[n]["status"] == "classified" for n in corpus_labels)
+    exact = [n for n, labels in corpus_labels.items() if set(by_source[n]["labels"]) == set(labels)]
+    assert len(exact) >= 18
+    for n, labels in corpus_labels.items():
+        if labels == ["Chest"]:
+            assert by_source[n]["labels"] == ["Chest"] and by_source[n]["body_part_examined"] == "CHEST", n
+
+
+def test_killed_run_keeps_every_finished_result(corpus, tiny_package, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "BODYPART_BATCH_SIZE": "1", "BODYPART_WORKERS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "-i", str(corpus), "-o", str(out), "-m", str(tiny_package)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = out / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and len(partial.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = [json.loads(l) for l in partial.read_text().splitlines()]  # every line is a whole record
+    assert len(lines) >= 3 and all(l["status"] in ("classified", "failed", "skipped") for l in lines)
+    assert not (out / "results.json").exists()
