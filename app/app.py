@@ -11,7 +11,7 @@ Options that MONAI Deploy's argument parser does not know come from the environm
 ``BODYPART_DEVICE`` (cuda, cpu), ``BODYPART_BATCH_SIZE``, ``BODYPART_WORKERS`` (reader processes; 0 reads
 in the main process; default: the usable cores, at most 16), ``BODYPART_STACKER`` (logistic, xgboost, mean),
 ``BODYPART_KEEP_UIDS=1`` (corrected copies keep their UIDs, for PACS that overwrite),
-``BODYPART_DICOM_OUTPUTS=0`` (results.json only).
+``BODYPART_DICOM_OUTPUTS=0`` (results.json only), ``BODYPART_COMPILE=1`` (torch.compile the members).
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class BodyPartApp(Application):
         context = Application.init_app_context(self.argv)
         input_path, output_path = Path(context.input_path), Path(context.output_path)
         package = load_package(resolve_model_path(context.model_path))  # fails before any work starts
-        ensemble = Ensemble(package, device=os.environ.get("BODYPART_DEVICE") or None, stacker=os.environ.get("BODYPART_STACKER") or None)
+        ensemble = Ensemble(package, device=os.environ.get("BODYPART_DEVICE") or None, stacker=os.environ.get("BODYPART_STACKER") or None,
+                            compile=os.environ.get("BODYPART_COMPILE") == "1")
         batch_size = int(os.environ.get("BODYPART_BATCH_SIZE", "16"))
         workers = int(os.environ.get("BODYPART_WORKERS", default_workers()))
         log.info("model %s %s on %s; input %s; output %s", package.name, package.version, ensemble.device, input_path, output_path)

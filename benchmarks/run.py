@@ -71,12 +71,9 @@ def bench_members(ensemble: Ensemble, sizes: list[int], batch: int, extra_archs:
     n_classes = len(ensemble.package.classes)
     nets = {m.name: net for m, net in zip(ensemble.package.members, ensemble.networks)}
     for arch in extra_archs:
-        net = create_network(arch, n_classes).eval().to(device)
-        nets[arch] = net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
+        nets[arch] = create_network(arch, n_classes).eval().to(device).to(memory_format=torch.channels_last)
     for size in sizes:
-        x = torch.randn(batch, 3, size, size, device=device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
         row = {}
         for name, net in nets.items():
             row[name] = _rate(lambda: _forward(net, x, device), batch, device, seconds)
@@ -87,7 +84,7 @@ def bench_members(ensemble: Ensemble, sizes: list[int], batch: int, extra_archs:
 
 
 def _forward(net, x, device):
-    with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()):
+    with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else _null()):
         return net(x)
 
 
@@ -207,6 +204,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--sizes", default="224,512", help="input sizes for the members-only ceiling")
     ap.add_argument("--study-members", action="store_true", help="also time densenet121, resnet101, inception_v4")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the package members")
     ap.add_argument("--no-dicom-outputs", action="store_true", help="leave out corrected copies and SRs (no highdicom)")
     ap.add_argument("--first-result", type=Path, help=argparse.SUPPRESS)  # cold-start child process
     ap.add_argument("--out", type=Path, default=Path("bench.json"))
@@ -220,9 +218,10 @@ def main() -> None:
 
     torch.backends.cudnn.benchmark = True
     package = load_package(args.models)
-    ensemble = Ensemble(package, device=args.device)
+    ensemble = Ensemble(package, device=args.device, compile=args.compile)
     report = {"machine": machine(), "device": str(ensemble.device), "model": f"{package.name} {package.version}",
-              "members": [m.arch for m in package.members], "batch": args.batch, "workers": args.workers}
+              "members": [m.arch for m in package.members], "batch": args.batch, "workers": args.workers,
+              "compile": args.compile}
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         report["cold_start"] = bench_cold_start(args.models, args.corpus, tmp, args.device)

@@ -148,3 +148,30 @@ def stacker_from_json(data: dict[str, Any]):
     if kind == "xgboost":
         return XGBoostStacker.from_json(data)
     raise ValueError(f"unknown stacker kind {kind!r}")
+
+
+def fit_temperatures(probs: np.ndarray, targets: np.ndarray, min_positives: int = 3) -> np.ndarray:
+    """Per-class temperature T minimising the log-loss of sigmoid(logit(p) / T) on validation.
+
+    T > 1 softens over-confident outputs (class-balanced losses make them so), T < 1 sharpens.
+    Classes with too few positives keep T = 1. A grid search: robust with a few hundred images.
+    """
+    grid = np.exp(np.linspace(np.log(0.25), np.log(8.0), 61))
+    z = logit(probs)
+    out = np.ones(probs.shape[1])
+    for k in range(probs.shape[1]):
+        y = targets[:, k]
+        if y.sum() < min_positives or (1 - y).sum() < min_positives:
+            continue
+        losses = [_log_loss(y, sigmoid(z[:, k] / t)) for t in grid]
+        out[k] = float(grid[int(np.argmin(losses))])
+    return out
+
+
+def apply_temperatures(probs: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    return sigmoid(logit(probs) / temperatures)
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, EPS, 1 - EPS)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())

@@ -46,7 +46,7 @@ def test_tiny_run_writes_report_figures_metrics_and_a_package_the_app_loads(tiny
                 "figures/members_vs_stackers.png", "figures/reliability.png", "figures/per_class_stack_logistic.png"):
         assert (tiny_run / rel).is_file(), rel
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    for name in ("efficientnet_lite0", "stack:mean", "stack:logistic", "stack:xgboost", "stack:logistic+thresholds"):
+    for name in ("efficientnet_lite0", "stack:mean", "stack:logistic", "stack:xgboost", "stack:logistic+calibration+thresholds"):
         m = metrics["evaluations"][name]
         assert 0 <= m["hamming_loss"] <= 1 and m["macro_f1"] is not None
     pkg = load_package(tiny_run / "package")
@@ -200,3 +200,38 @@ def test_training_resumes_from_its_checkpoint(train_dir, tmp_path, caplog):
 def test_bad_data_path_is_a_clear_cli_error(tmp_path, caplog):
     assert cli(["train", "--config", str(TINY), "--data", str(tmp_path / "none"), "-o", str(tmp_path / "o")]) == 2
     assert "no labelled data found" in caplog.text
+
+
+def test_temperature_calibration_softens_overconfident_outputs():
+    from operators.stacking import _log_loss, apply_temperatures, fit_temperatures
+
+    rng = np.random.default_rng(0)
+    true_p = rng.uniform(0.05, 0.95, (2000, 2))
+    y = (rng.random(true_p.shape) < true_p).astype(float)
+    overconfident = 1 / (1 + np.exp(-3 * np.log(true_p / (1 - true_p))))  # calibrated logits tripled
+    t = fit_temperatures(overconfident, y)
+    assert np.all((t > 2.4) & (t < 3.7))  # recovers the factor of three
+    for k in range(2):
+        assert _log_loss(y[:, k], apply_temperatures(overconfident, t)[:, k]) < _log_loss(y[:, k], overconfident[:, k])
+
+
+def test_package_calibration_is_applied_by_the_ensemble(tiny_run, corpus, tmp_path):
+    from operators.batching import iter_batches
+    from operators.ensemble import Ensemble
+    from operators.model_package import refresh_checksums
+    from operators.stacking import apply_temperatures
+
+    meta = json.loads((tiny_run / "package/configs/metadata.json").read_text())
+    assert "calibration" in meta and set(meta["calibration"]["temperature"]) == set(meta["classes"])
+    pkg_dir = tmp_path / "pkg"
+    shutil.copytree(tiny_run / "package", pkg_dir)
+    meta["calibration"]["temperature"] = {c: 2.0 for c in meta["classes"]}
+    (pkg_dir / "configs/metadata.json").write_text(json.dumps(meta))
+    refresh_checksums(pkg_dir)
+    ens = Ensemble(load_package(pkg_dir), device="cpu")
+    batch = next(iter_batches(corpus, ens.package.preprocessing, batch_size=2))
+    members = ens.member_probabilities(batch.tensor)
+    expected = apply_temperatures(ens.stacker.predict(members), np.full(len(meta["classes"]), 2.0))
+    got = ens.predict(batch.tensor)[0].probabilities
+    k = meta["classes"].index("Chest")
+    assert got["Chest"] == pytest.approx(expected[0, k], abs=1e-5)

@@ -55,6 +55,7 @@ class TrainConfig:
     stackers: tuple[str, ...] = ("logistic", "xgboost")
     default_stacker: str = "logistic"
     tune_thresholds: bool = True
+    calibrate: bool = False  # per-class temperature on the default stacker's validation outputs
     review_margin: float = 0.1
     tta: bool = False
     num_workers: int = 0

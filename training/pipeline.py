@@ -16,7 +16,7 @@ import torch
 from operators.catalogue import Catalogue
 from operators.model_package import Decision, Member, write_package
 from operators.preprocessing import Preprocessing
-from operators.stacking import LogisticStacker, MeanStacker, XGBoostStacker
+from operators.stacking import LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures, fit_temperatures
 
 from .config import TrainConfig
 from .data import Sample, load_grey, load_samples, targets
@@ -148,6 +148,9 @@ def run_training(
         stackers["xgboost"] = XGBoostStacker.fit(val_m, y[va], seed=config.seed)
     default = config.default_stacker if config.default_stacker in stackers else "mean"
     val_default = stackers[default].predict(val_m)
+    temperatures = fit_temperatures(val_default, y[va]) if config.calibrate else None
+    if temperatures is not None:
+        val_default = apply_temperatures(val_default, temperatures)
     thresholds = tune_thresholds(val_default, y[va], catalogue.names) if config.tune_thresholds else {c: 0.5 for c in catalogue.names}
 
     evaluations: dict[str, Any] = {}
@@ -155,12 +158,15 @@ def run_training(
     for k, m in enumerate(config.members):
         evaluations[m.key] = multilabel_metrics(test_y, test_m[:, k] >= 0.5, catalogue.names, trained_mask)
     th = np.asarray([thresholds[c] for c in catalogue.names])
+    default_test = stackers[default].predict(test_m)
+    if temperatures is not None:
+        default_test = apply_temperatures(default_test, temperatures)
     for name, st in stackers.items():
         probs = st.predict(test_m)
         evaluations[f"stack:{name}"] = multilabel_metrics(test_y, probs >= 0.5, catalogue.names, trained_mask)
         if name == default:
-            evaluations[f"stack:{name}+thresholds"] = multilabel_metrics(test_y, probs >= th, catalogue.names, trained_mask)
-    default_test = stackers[default].predict(test_m)
+            label = f"stack:{name}" + ("+calibration" if temperatures is not None else "") + "+thresholds"
+            evaluations[label] = multilabel_metrics(test_y, default_test >= th, catalogue.names, trained_mask)
     counts = {c: int(y[:, k].sum()) for k, c in enumerate(catalogue.names)}
     summary = {
         "data": [str(d) for d in data],
@@ -178,7 +184,7 @@ def run_training(
     write_report(output, summary, catalogue.names, test_y, default_test, test_m, [m.key for m in config.members], default)
 
     sources = sorted({(s.source, s.license) for s in samples})
-    headline = evaluations.get(f"stack:{default}+thresholds", evaluations[f"stack:{default}"])
+    headline = next((v for k, v in evaluations.items() if k.startswith(f"stack:{default}+")), evaluations[f"stack:{default}"])
     card = model_card(config, summary, headline, sources, default)
     package = write_package(
         output / "package", name=config.name, version=config.version, classes=catalogue.names, trained_classes=trained,
@@ -191,6 +197,8 @@ def run_training(
             "metrics": {"test": {k: _headline(v) for k, v in evaluations.items()}, "split": summary["split_sizes"],
                         "holdout_sources": list(holdout_sources)},
             "training_config": config.to_json(),
+            **({"calibration": {"stacker": default, "temperature": dict(zip(catalogue.names, temperatures.tolist()))}}
+               if temperatures is not None else {}),
         },
         model_card=card,
         weights_dtype=getattr(torch, config.weights_dtype),

@@ -119,8 +119,9 @@ def write_report(out: Path, summary: dict[str, Any], classes: Sequence[str], tes
               "## Per class", ""]
     for name in evals:
         lines.append(f"![{name}](figures/per_class_{name.replace(':', '_').replace('+', '_')}.png)")
-    head = evals.get(f"stack:{stacker}+thresholds") or evals[f"stack:{stacker}"]
-    lines += ["", f"### {stacker} stack with tuned thresholds", "", "| class | positives | sensitivity | specificity | F1 |", "|---|---|---|---|---|"]
+    head_name = next((k for k in evals if k.startswith(f"stack:{stacker}+")), f"stack:{stacker}")
+    head = evals[head_name]
+    lines += ["", f"### {head_name} (the package's decision)", "", "| class | positives | sensitivity | specificity | F1 |", "|---|---|---|---|---|"]
     for c, v in head["per_class"].items():
         if v["evaluated"]:
             lines.append(f"| {c} | {v['positives']} | {_f(v['sensitivity'])} | {_f(v['specificity'])} | {_f(v['f1'])} |")
