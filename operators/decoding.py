@@ -17,6 +17,8 @@ import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
+from .outcome import short_reason
+
 # JPEG process 1 (baseline), 2/4 (extended), 14 (lossless) and 14 SV1: what libjpeg-turbo reads.
 _LENIENT_JPEG = {
     "1.2.840.10008.1.2.4.50",
@@ -75,10 +77,10 @@ def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
                 return DecodedPixels(_lenient_jpeg(ds, frames_expected), "imagecodecs libjpeg-turbo (lenient)", True)
             except Exception as lenient_error:
                 raise DecodeError(
-                    f"{ts.name}: strict decoders failed ({_short(strict_error)}); "
-                    f"lenient decoder failed too ({_short(lenient_error)})"
+                    f"{ts.name}: strict decoders failed ({short_reason(strict_error)}); "
+                    f"lenient decoder failed too ({short_reason(lenient_error)})"
                 ) from lenient_error
-        raise DecodeError(f"cannot decode {ts.name} pixel data: {_short(strict_error)}") from strict_error
+        raise DecodeError(f"cannot decode {ts.name} pixel data: {short_reason(strict_error)}") from strict_error
 
 
 @contextmanager
@@ -123,8 +125,3 @@ def _lenient_jpeg(ds: pydicom.Dataset, frames_expected: int) -> np.ndarray:
     if arr.shape[1:3] != (rows, cols):
         raise DecodeError(f"decoded size {arr.shape[1:3]} differs from Rows x Columns {(rows, cols)}")
     return arr
-
-
-def _short(error: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."

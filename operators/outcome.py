@@ -44,3 +44,9 @@ class InputOutcome:
         """A log line: the file, the outcome and the reason; no patient data."""
         where = self.source + (f" [frame {self.frame}]" if self.frame is not None else "")
         return f"{where}: {self.status.value}" + (f" ({self.reason})" if self.reason else "")
+
+
+def short_reason(error: BaseException, limit: int = 160) -> str:
+    """An exception as one short line for a result's reason (decoder messages can be pages long)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

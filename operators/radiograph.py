@@ -24,7 +24,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
 
 from .decoding import DecodeError, decode_pixels, transfer_syntax
-from .outcome import InputOutcome, Status
+from .outcome import InputOutcome, Status, short_reason
 
 #: Plain radiography: what the models are for.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
@@ -172,7 +172,7 @@ def read_dataset(path: Path) -> tuple[pydicom.Dataset, bool]:
     except InvalidDicomError:
         ds = _read_without_preamble(path)
     except Exception as e:  # truncated headers and broken elements surface as many types
-        raise InputError(f"corrupt DICOM header: {_short(e)}") from e
+        raise InputError(f"corrupt DICOM header: {short_reason(e)}") from e
     if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
         # Every composite object has both; a header that ends early has neither.
         raise InputError("incomplete data set without SOP Class or SOP Instance UID (truncated or damaged file)")
@@ -192,7 +192,7 @@ def _read_without_preamble(path: Path) -> pydicom.Dataset:
         ds.SOPClassUID  # noqa: B018 - touch to parse lazily read elements now
         return ds
     except Exception as e:
-        raise InputError(f"not a DICOM file ({_short(e)})") from e
+        raise InputError(f"not a DICOM file ({short_reason(e)})") from e
 
 
 def _infer_transfer_syntax(ds: pydicom.Dataset) -> None:
@@ -392,7 +392,7 @@ def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAU
     except MemoryError:
         return FileRead([], _outcome(source, ds, Status.FAILED, "out of memory while decoding"))
     except Exception as e:  # a bug or an unforeseen file: still one clear line, run goes on
-        return FileRead([], _outcome(source, ds, Status.FAILED, f"unexpected error: {type(e).__name__}: {_short(e)}"))
+        return FileRead([], _outcome(source, ds, Status.FAILED, f"unexpected error: {type(e).__name__}: {short_reason(e)}"))
 
 
 def iter_radiographs(root: Path, max_side: int | None = DEFAULT_MAX_SIDE) -> Iterator[Radiograph | InputOutcome]:
@@ -421,8 +421,3 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
         return None
     text = str(value).strip()
     return text or None
-
-
-def _short(error: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
