@@ -86,7 +86,9 @@ class DicomOutputs:
                                    keep_uids=self.keep_uids, series_uid_map=self.series_map)
             write_corrected(ds, self.output_dir / rel)
         except Exception as e:  # noqa: BLE001 - one file's copy never stops the run
-            log.warning("%s: corrected copy not written (%s)", item.source, e)
+            # The message may quote attribute values: keep it out of the log unless debugging.
+            log.warning("%s: corrected copy not written (%s)", item.source, type(e).__name__)
+            log.debug("%s: %s", item.source, e)
             d["corrected_reason"] = f"not written: {e}"
             return None
         return rel.as_posix()
@@ -109,7 +111,8 @@ class DicomOutputs:
                         build().save_as(target, enforce_file_format=True)
                         written.append(target)
             except Exception as e:  # noqa: BLE001
-                log.error("study %s: SR not written (%s)", study or "unknown", e)
+                log.error("study %s: SR not written (%s; details at debug level)", study or "unknown", type(e).__name__)
+                log.debug("study %s: %s", study or "unknown", e)
         return written
 
 
