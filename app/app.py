@@ -11,7 +11,8 @@ Options that MONAI Deploy's argument parser does not know come from the environm
 ``BODYPART_DEVICE`` (cuda, cpu), ``BODYPART_BATCH_SIZE``, ``BODYPART_WORKERS`` (reader processes; 0 reads
 in the main process; default: the usable cores, at most 16), ``BODYPART_STACKER`` (logistic, xgboost, mean),
 ``BODYPART_KEEP_UIDS=1`` (corrected copies keep their UIDs, for PACS that overwrite),
-``BODYPART_DICOM_OUTPUTS=0`` (results.json only), ``BODYPART_COMPILE=1`` (torch.compile the members).
+``BODYPART_DICOM_OUTPUTS=0`` (results.json only), ``BODYPART_COMPILE=1`` (torch.compile the members),
+``BODYPART_SCHEDULER=greedy`` (one thread instead of Holoscan's event-based scheduler).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from monai.deploy.core import Application
 from holoscan.conditions import BooleanCondition
+from holoscan.schedulers import EventBasedScheduler
 
 from operators.batching import default_workers
 from operators.catalogue import Catalogue
@@ -87,3 +89,8 @@ class BodyPartApp(Application):
         self.add_flow(loader, classifier, {("batch", "batch")})
         self.add_flow(classifier, dicom, {("results", "results")})
         self.add_flow(dicom, results, {("results", "results")})
+
+        if os.environ.get("BODYPART_SCHEDULER", "event") == "event":
+            # Operators in their own threads: the networks (torch releases the GIL) run while the
+            # writers of the previous batch and the reader hand-off go on.
+            self.scheduler(EventBasedScheduler(self, worker_thread_number=3, stop_on_deadlock=True, name="scheduler"))
