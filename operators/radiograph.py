@@ -242,8 +242,11 @@ def to_grey(stored: np.ndarray, ds: pydicom.Dataset, max_side: int | None = DEFA
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(f"unsupported Photometric Interpretation {photometric}")
 
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
-    values = area_downsample(values, max_side)
+    if "ModalityLUTSequence" in ds:  # a table: look up full-resolution values, then shrink
+        values = area_downsample(np.asarray(apply_modality_lut(stored, ds), dtype=np.float32), max_side)
+    else:  # rescale is linear: shrinking first gives the same values for a fraction of the work
+        slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+        values = area_downsample(stored, max_side) * np.float32(slope) + np.float32(intercept)
     values, voi = _apply_voi(values, ds)
     shape = str(ds.get("PresentationLUTShape", "") or "").upper()
     inverted = photometric == "MONOCHROME1" or shape == "INVERSE"
@@ -315,16 +318,22 @@ def stretch(values: np.ndarray) -> np.ndarray:
 
 
 def area_downsample(values: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Shrink by the smallest integer factor that fits ``max_side``, averaging blocks (anti-aliased)."""
+    """Shrink by the smallest integer factor that fits ``max_side``, averaging blocks (anti-aliased).
+
+    torch's pooling does this about twice as fast as a NumPy block mean, single-threaded too.
+    """
+    values = np.asarray(values, dtype=np.float32)
     if not max_side:
-        return values.astype(np.float32, copy=False)
+        return values
     rows, cols = values.shape[:2]
     f = math.ceil(max(rows, cols) / max_side)
     if f <= 1:
-        return values.astype(np.float32, copy=False)
+        return values
+    import torch
+
     r, c = rows // f * f, cols // f * f
-    blocks = values[:r, :c].astype(np.float32, copy=False).reshape(r // f, f, c // f, f)
-    return blocks.mean(axis=(1, 3), dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(values[:r, :c]))
+    return torch.nn.functional.avg_pool2d(t[None, None], f)[0, 0].numpy()
 
 
 # --------------------------------------------------------------------------------------------
