@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from operators.batching import default_workers, iter_batches  # noqa: E402
 from operators.catalogue import Catalogue  # noqa: E402
 from operators.classify import classify_batch  # noqa: E402
-from operators.ensemble import Ensemble  # noqa: E402
+from operators.ensemble import Ensemble, inference_autocast  # noqa: E402
 from operators.model_package import load_package  # noqa: E402
 from operators.networks import create_network  # noqa: E402
 from operators.radiograph import iter_input_files, read_file  # noqa: E402
@@ -84,16 +84,8 @@ def bench_members(ensemble: Ensemble, sizes: list[int], batch: int, extra_archs:
 
 
 def _forward(net, x, device):
-    with torch.inference_mode(), (torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else _null()):
+    with torch.inference_mode(), inference_autocast(device):
         return net(x)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _rate(fn, batch: int, device: torch.device, seconds: float) -> float:

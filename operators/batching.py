@@ -63,7 +63,6 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0) ->
         for path in files:
             yield from prepare_file(path, root, preprocessing)
         return
-    torch_threads = torch.get_num_threads()
     # Workers each get one intra-op thread: parallelism comes from the processes.
     # forkserver: forking a process that already runs Holoscan and torch threads can deadlock
     context = multiprocessing.get_context("forkserver")
@@ -76,7 +75,6 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0) ->
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
-    torch.set_num_threads(torch_threads)
 
 
 def _worker_init() -> None:

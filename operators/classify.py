@@ -7,7 +7,7 @@ import logging
 from .batching import Batch
 from .catalogue import Catalogue
 from .ensemble import Ensemble
-from .outcome import InputOutcome, Status
+from .outcome import InputOutcome, Status, short_reason
 from .radiograph import Radiograph
 from .results import ModelInfo, classified_outcome
 
@@ -27,7 +27,7 @@ def classify_batch(ensemble: Ensemble, batch: Batch, model: ModelInfo, catalogue
             predictions = ensemble.predict(batch.tensor)
         except Exception as e:  # noqa: BLE001 - reported per image, never fatal for the run
             log.exception("classification failed for a batch of %d images", len(radiographs))
-            reason = f"classification failed: {type(e).__name__}: {str(e)[:160]}"
+            reason = f"classification failed: {type(e).__name__}: {short_reason(e)}"
             return [i.outcome(Status.FAILED, reason) if isinstance(i, Radiograph) else i for i in batch.items]
     it = iter(predictions)
     return [classified_outcome(i, next(it), model, catalogue) if isinstance(i, Radiograph) else i for i in batch.items]

@@ -96,7 +96,7 @@ def _even_fragments(ds: Dataset) -> None:
     Some archives hold fragments of odd length, which Part 5 forbids; written as they are, the
     copy would be unreadable. Codestreams keep every byte; decoders ignore the pad.
     """
-    elem = ds.get("PixelData") and ds["PixelData"]
+    elem = ds["PixelData"] if "PixelData" in ds else None
     if elem is None or not elem.is_undefined_length:
         return
     data = bytes(elem.value)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model_package import ModelPackage
+from .model_package import ModelPackage, ModelPackageError
+from .outcome import short_reason
 from .networks import create_network
 from .stacking import apply_temperatures
 
@@ -36,6 +37,18 @@ class Prediction:
 
 #: Autocast dtypes by name; "float32" runs without autocast.
 PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: What CUDA inference runs unless a package says otherwise (see Ensemble).
+DEFAULT_PRECISION = "float16"
+
+
+def inference_autocast(device: torch.device, precision: str = DEFAULT_PRECISION):
+    """The autocast context of inference: ``precision`` on CUDA, plain fp32 elsewhere.
+
+    Shared by the app, training's validation predictions and the benchmark, so that all three
+    compute the numbers users get.
+    """
+    dtype = PRECISIONS[precision]
+    return torch.autocast("cuda", dtype=dtype) if (device.type == "cuda" and dtype is not None) else nullcontext()
 
 
 class Ensemble:
@@ -54,7 +67,7 @@ class Ensemble:
                  precision: str | None = None, compile: bool = False):
         self.package = package
         self.device = pick_device(str(device) if device else None)
-        self.precision = precision or package.metadata.get("inference", {}).get("precision", "float16")
+        self.precision = precision or package.metadata.get("inference", {}).get("precision", DEFAULT_PRECISION)
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r} ({', '.join(PRECISIONS)})")
         self.stacker_kind = stacker or package.stacker_kind
@@ -66,9 +79,8 @@ class Ensemble:
             try:
                 net.load_state_dict(package.load_state_dict(member))
             except RuntimeError as e:
-                from .model_package import ModelPackageError
-
-                raise ModelPackageError(f"model package {package.root}: weights of {member.name} do not fit {member.arch}: {str(e)[:200]}") from None
+                raise ModelPackageError(f"model package {package.root}: weights of {member.name} do not fit {member.arch}: "
+                                        f"{short_reason(e, 200)}") from None
             net = net.eval().to(self.device).to(memory_format=torch.channels_last)
             self.networks.append(torch.compile(net) if compile else net)
         self.compiled = compile
@@ -92,11 +104,8 @@ class Ensemble:
             if n < self._padded_batch:
                 x = torch.cat([x, x.new_zeros((self._padded_batch - n, *x.shape[1:]))])
         x = x.contiguous(memory_format=torch.channels_last)
-        cuda = self.device.type == "cuda"
-        dtype = PRECISIONS[self.precision]
-        autocast = torch.autocast("cuda", dtype=dtype) if (cuda and dtype is not None) else nullcontext()
         outs = []
-        with autocast:
+        with inference_autocast(self.device, self.precision):
             for net in self.networks:
                 outs.append(torch.sigmoid(net(x).float()))
         return torch.stack(outs, dim=1)[:n].cpu().numpy().astype(np.float64)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from operators.ensemble import pick_device
+from operators.ensemble import DEFAULT_PRECISION, inference_autocast, pick_device
 from operators.networks import create_network
 from operators.preprocessing import Preprocessing
 
@@ -113,7 +113,7 @@ def predict(net: nn.Module, images: torch.Tensor, pre: Preprocessing, device: to
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
-        with torch.autocast("cuda", dtype=torch.float16) if (cuda and amp) else nullcontext():
+        with inference_autocast(device, DEFAULT_PRECISION if amp else "float32"):
             p = torch.stack([torch.sigmoid(net(v).float()) for v in views]).mean(0)
         out.append(p.cpu())
     if not out:  # an empty split: keep the class axis so that stacking and metrics still line up
