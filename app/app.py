@@ -70,11 +70,13 @@ class BodyPartApp(Application):
                             compile=os.environ.get("BODYPART_COMPILE") == "1")
         batch_size = int(os.environ.get("BODYPART_BATCH_SIZE", "16"))
         workers = int(os.environ.get("BODYPART_WORKERS", default_workers()))
+        # nvImageCodec in the readers where the networks run on CUDA: decoding is the bottleneck there.
+        gpu_decode = os.environ.get("BODYPART_GPU_DECODE") or ("auto" if ensemble.device.type == "cuda" else "off")
         log.info("model %s %s on %s; input %s; output %s", package.name, package.version, ensemble.device, input_path, output_path)
 
         loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path,
                                           preprocessing=package.preprocessing, batch_size=batch_size, workers=workers,
-                                          name="radiograph_loader")
+                                          gpu_decode=gpu_decode, name="radiograph_loader")
         catalogue = Catalogue.default()
         classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=catalogue, name="bodypart_classifier")
         algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)

@@ -86,6 +86,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--workers", type=int, help="override the config's data-loader processes")
+    p.add_argument("--max-minutes-per-member", type=float,
+                   help="time budget per member: stop before an epoch that would not end in it (best epoch kept)")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
 
 
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         from training.pipeline import run_training
 
         try:
-            config = TrainConfig.load(args.config, device=args.device, epochs=args.epochs, num_workers=args.workers)
+            config = TrainConfig.load(args.config, device=args.device, epochs=args.epochs, num_workers=args.workers,
+                                      max_minutes_per_member=args.max_minutes_per_member)
             package = run_training(config, args.data, args.output, layout=args.layout,
                                    holdout_sources=args.holdout_source, resume=not args.no_resume)
         except (DataError, ValueError, FileNotFoundError) as e:

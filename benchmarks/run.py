@@ -32,6 +32,7 @@ from operators.batching import default_workers, iter_batches  # noqa: E402
 from operators.catalogue import Catalogue  # noqa: E402
 from operators.classify import classify_batch  # noqa: E402
 from operators.ensemble import Ensemble, inference_autocast  # noqa: E402
+from operators.gpu_decoding import GpuDecoder  # noqa: E402
 from operators.model_package import load_package  # noqa: E402
 from operators.networks import create_network  # noqa: E402
 from operators.radiograph import iter_input_files, read_file  # noqa: E402
@@ -51,18 +52,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_decode(corpus: Path) -> dict:
-    """Input stage per transfer syntax, single process: read + decode + grey."""
+def bench_decode(corpus: Path, gpu: GpuDecoder | None = None) -> dict:
+    """Input stage per transfer syntax, single process: read + decode + grey (GPU decoder if given,
+    warmed up first; files it does not take are read on the CPU as in the app)."""
     per = defaultdict(list)
+    if gpu is not None:
+        for path in iter_input_files(corpus):
+            read_file(path, corpus, gpu=gpu)
     for path in iter_input_files(corpus):
         t = time.perf_counter()
-        read = read_file(path, corpus)
+        read = read_file(path, corpus, gpu=gpu)
         dt = time.perf_counter() - t
         if read.radiographs:
             r = read.radiographs[0]
-            per[r.info.transfer_syntax].append((dt, r.info.original_shape))
-    return {ts: {"files": len(v), "s_per_image": statistics.mean(d for d, _ in v),
-                 "megapixels": statistics.mean(s[0] * s[1] / 1e6 for _, s in v)} for ts, v in sorted(per.items())}
+            per[r.info.transfer_syntax].append((dt, r.info.original_shape, r.info.decoder))
+    return {ts: {"files": len(v), "s_per_image": statistics.mean(d for d, _, _ in v),
+                 "megapixels": statistics.mean(s[0] * s[1] / 1e6 for _, s, _ in v),
+                 "decoders": sorted({d for _, _, d in v})} for ts, v in sorted(per.items())}
 
 
 def bench_members(ensemble: Ensemble, sizes: list[int], batch: int, extra_archs: list[str], seconds: float = 2.0) -> dict:
@@ -109,7 +115,8 @@ def link_inputs(corpus: Path, repeat: int, dest: Path) -> int:
     return repeat * len(files)
 
 
-def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, workers: int, dicom_outputs: bool) -> dict:
+def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, workers: int, dicom_outputs: bool,
+                   gpu_decode: str = "off") -> dict:
     """The app's data flow in process: readers -> ensemble -> DICOM outputs -> results."""
     cat = Catalogue.default()
     model = ModelInfo.of(ensemble)
@@ -125,7 +132,7 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
     n = 0
     t0 = time.perf_counter()
     t_wait = time.perf_counter()
-    for batch_ in iter_batches(inputs, p.preprocessing, batch, workers):
+    for batch_ in iter_batches(inputs, p.preprocessing, batch, workers, gpu_decode):
         stage["waiting for readers"] += time.perf_counter() - t_wait
         t = time.perf_counter()
         results = classify_batch(ensemble, batch_, model, cat)
@@ -198,6 +205,8 @@ def main() -> None:
     ap.add_argument("--study-members", action="store_true", help="also time densenet121, resnet101, inception_v4")
     ap.add_argument("--compile", action="store_true", help="torch.compile the package members")
     ap.add_argument("--no-dicom-outputs", action="store_true", help="leave out corrected copies and SRs (no highdicom)")
+    ap.add_argument("--gpu-decode", choices=["auto", "on", "off"], default="auto",
+                    help="nvImageCodec decoding on the GPU (auto: when on CUDA and installed)")
     ap.add_argument("--first-result", type=Path, help=argparse.SUPPRESS)  # cold-start child process
     ap.add_argument("--out", type=Path, default=Path("bench.json"))
     args = ap.parse_args()
@@ -211,19 +220,23 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     package = load_package(args.models)
     ensemble = Ensemble(package, device=args.device, compile=args.compile)
+    gpu_decode = args.gpu_decode if ensemble.device.type == "cuda" else "off"
+    gpu = GpuDecoder.create(gpu_decode)
     report = {"machine": machine(), "device": str(ensemble.device), "model": f"{package.name} {package.version}",
               "members": [m.arch for m in package.members], "batch": args.batch, "workers": args.workers,
-              "compile": args.compile}
+              "compile": args.compile, "gpu_decode": gpu is not None}
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         report["cold_start"] = bench_cold_start(args.models, args.corpus, tmp, args.device)
         report["decode"] = bench_decode(args.corpus)
+        if gpu is not None:
+            report["decode_gpu"] = bench_decode(args.corpus, gpu)
         sizes = [int(s) for s in args.sizes.split(",")]
         extra = ["densenet121", "resnet101", "inception_v4"] if args.study_members else []
         report["ceiling"] = bench_members(ensemble, sizes, args.batch, extra)
         n = link_inputs(args.corpus, args.repeat, tmp / "inputs")
         report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers,
-                                              dicom_outputs=not args.no_dicom_outputs)
+                                              dicom_outputs=not args.no_dicom_outputs, gpu_decode="on" if gpu else "off")
         report["end_to_end"]["inputs"] = n
         report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch, not args.no_dicom_outputs)
     size = package.preprocessing.size
@@ -244,11 +257,15 @@ def table(r: dict, size: int) -> str:
     add = lambda k, v: lines.append(f"{k:<46}{v:>14}")  # noqa: E731
     for ts, d in r["decode"].items():
         add(f"read+decode {ts[:30]} ({d['megapixels']:.1f} MP)", f"{d['s_per_image']*1000:.0f} ms/img")
+    for ts, d in r.get("decode_gpu", {}).items():
+        if any("GPU" in x for x in d["decoders"]):
+            add(f"  on the GPU: {ts[:30]}", f"{d['s_per_image']*1000:.0f} ms/img")
     for s, row in r["ceiling"].items():
         for name, rate in row.items():
             add(f"members only @{s}px: {name}", f"{rate:.1f} img/s")
     e = r["end_to_end"]
-    add(f"end to end ({e['inputs']} files, {r['workers']} readers)", f"{e['images_per_s']:.1f} img/s")
+    add(f"end to end ({e['inputs']} files, {r['workers']} readers{', GPU decoding' if r.get('gpu_decode') else ''})",
+        f"{e['images_per_s']:.1f} img/s")
     for k, v in e["stage_seconds"].items():
         add(f"  {k}", f"{v:.1f} s")
     add(f"end to end / ceiling @{size}px", f"{r['end_to_end_fraction_of_ceiling']:.1%}")

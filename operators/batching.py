@@ -18,9 +18,14 @@ from typing import Iterator
 
 import torch
 
+from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecoder
 from .outcome import InputOutcome
 from .preprocessing import Preprocessing
 from .radiograph import Radiograph, iter_input_files, read_file
+
+#: Per reader process: its own GPU decoder (a CUDA context cannot cross processes). Set once by
+#: :func:`_worker_init`; never used in the parent process.
+_WORKER_GPU: list[GpuDecoder | None] = [None]
 
 
 @dataclass
@@ -48,46 +53,63 @@ def default_workers() -> int:
     return max(1, min(n, 16))
 
 
-def prepare_file(path: Path, root: Path, preprocessing: Preprocessing) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
+def prepare_file(path: Path, root: Path, preprocessing: Preprocessing,
+                 gpu: GpuDecoder | None = None) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
     """Read one file and preprocess its radiographs: what a worker does (picklable in and out)."""
-    read = read_file(path, root, max_side=preprocessing.max_side)
+    read = read_file(path, root, max_side=preprocessing.max_side, gpu=gpu)
     if read.outcome is not None:
         return [(read.outcome, None)]
     return [(replace(r, image=r.image[:0, :0]), preprocessing.square(r.image)) for r in read.radiographs]
 
 
-def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0) -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
-    """Every input in order, read in ``workers`` processes (0: in this process)."""
+def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
+                  gpu_decode: str = "off") -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
+    """Every input in order, read in ``workers`` processes (0: in this process).
+
+    ``gpu_decode`` (``auto``, ``on``, ``off``): decode JPEG 2000 and JPEG on the GPU with
+    nvImageCodec in each reader (see :mod:`operators.gpu_decoding`).
+    """
+    if gpu_decode not in GPU_DECODE_MODES:
+        raise ValueError(f"GPU decode mode must be one of {', '.join(GPU_DECODE_MODES)}, not {gpu_decode!r}")
     files = iter_input_files(root)
     if workers <= 0:
+        gpu = GpuDecoder.create(gpu_decode)
         for path in files:
-            yield from prepare_file(path, root, preprocessing)
+            yield from prepare_file(path, root, preprocessing, gpu)
         return
+    if gpu_decode == "on":
+        GpuDecoder.create("on")  # fail here, once, with the reason, rather than in every worker
     # Workers each get one intra-op thread: parallelism comes from the processes.
     # forkserver: forking a process that already runs Holoscan and torch threads can deadlock
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(gpu_decode,), mp_context=context) as pool:
         pending: deque[Future] = deque()
         limit = workers * 4
         for path in files:
-            pending.append(pool.submit(prepare_file, path, root, preprocessing))
+            pending.append(pool.submit(_prepare_in_worker, path, root, preprocessing))
             if len(pending) >= limit:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
 
 
-def _worker_init() -> None:
+def _worker_init(gpu_decode: str = "off") -> None:
     torch.set_num_threads(1)
+    _WORKER_GPU[0] = GpuDecoder.create(gpu_decode)
 
 
-def iter_batches(root: Path, preprocessing: Preprocessing, batch_size: int = 16, workers: int = 0) -> Iterator[Batch]:
+def _prepare_in_worker(path: Path, root: Path, preprocessing: Preprocessing):
+    return prepare_file(path, root, preprocessing, _WORKER_GPU[0])
+
+
+def iter_batches(root: Path, preprocessing: Preprocessing, batch_size: int = 16, workers: int = 0,
+                 gpu_decode: str = "off") -> Iterator[Batch]:
     """Read ``root`` lazily and yield batches of at most ``batch_size`` radiographs."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     items: list[Radiograph | InputOutcome] = []
     tensors: list[torch.Tensor] = []
-    for item, tensor in iter_prepared(Path(root), preprocessing, workers):
+    for item, tensor in iter_prepared(Path(root), preprocessing, workers, gpu_decode):
         items.append(item)
         if tensor is not None:
             tensors.append(tensor)

@@ -37,9 +37,9 @@ class RadiographLoaderOperator(Operator):
     """
 
     def __init__(self, fragment: Fragment, *args, input_path: Path, batches: Iterator[Batch] | None = None,
-                 preprocessing=None, batch_size: int = 16, workers: int = 0, **kwargs):
+                 preprocessing=None, batch_size: int = 16, workers: int = 0, gpu_decode: str = "off", **kwargs):
         self.input_path = Path(input_path)
-        self._batches = batches if batches is not None else iter_batches(self.input_path, preprocessing, batch_size, workers)
+        self._batches = batches if batches is not None else iter_batches(self.input_path, preprocessing, batch_size, workers, gpu_decode)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:

@@ -323,17 +323,34 @@ def area_downsample(values: np.ndarray, max_side: int | None) -> np.ndarray:
     torch's pooling does this about twice as fast as a NumPy block mean, single-threaded too.
     """
     values = np.asarray(values, dtype=np.float32)
-    if not max_side:
-        return values
-    rows, cols = values.shape[:2]
-    f = math.ceil(max(rows, cols) / max_side)
-    if f <= 1:
+    if shrink_factor(values.shape[:2], max_side) <= 1:
         return values
     import torch
 
-    r, c = rows // f * f, cols // f * f
-    t = torch.from_numpy(np.ascontiguousarray(values[:r, :c]))
-    return torch.nn.functional.avg_pool2d(t[None, None], f)[0, 0].numpy()
+    return pool_to_side(torch.from_numpy(np.ascontiguousarray(values)), max_side).numpy()
+
+
+def shrink_factor(shape: tuple[int, int], max_side: int | None) -> int:
+    """The smallest integer factor that brings the longest side of ``shape`` to ``max_side``."""
+    return math.ceil(max(shape) / max_side) if max_side else 1
+
+
+def pool_to_side(t: "torch.Tensor", max_side: int | None) -> "torch.Tensor":  # noqa: F821
+    """:func:`area_downsample` on a float tensor (rows, columns[, samples]), on whatever device it is.
+
+    The one shrink for every decoder: CPU-decoded images and GPU-decoded ones (see
+    :mod:`operators.gpu_decoding`) come out the same. Trailing rows and columns that do not fill a
+    block are dropped.
+    """
+    f = shrink_factor(tuple(t.shape[:2]), max_side)
+    if f <= 1:
+        return t
+    import torch
+
+    r, c = t.shape[0] // f * f, t.shape[1] // f * f
+    planes = t[:r, :c].permute(2, 0, 1)[None] if t.ndim == 3 else t[None, None, :r, :c]
+    pooled = torch.nn.functional.avg_pool2d(planes, f)[0]
+    return pooled.permute(1, 2, 0) if t.ndim == 3 else pooled[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,10 +365,13 @@ class FileRead:
     outcome: InputOutcome | None = None
 
 
-def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAULT_MAX_SIDE) -> FileRead:
+def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
+              gpu: "GpuDecoder | None" = None) -> FileRead:  # noqa: F821
     """Read one input file: select, decode and turn every frame into a grey radiograph.
 
-    Never raises for bad input: the returned outcome names the reason.
+    ``gpu``, an :class:`operators.gpu_decoding.GpuDecoder`, decodes and shrinks the JPEG 2000 and
+    JPEG files it can on the GPU; the CPU decoders take everything else. Never raises for bad
+    input: the returned outcome names the reason.
     """
     path = Path(path)
     source = relative_source(path, root if root is not None else path)
@@ -361,7 +381,7 @@ def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAU
         reason = selection_reason(ds)
         if reason:
             return FileRead([], _outcome(source, ds, Status.SKIPPED, reason))
-        decoded = decode_pixels(ds)
+        decoded = (gpu.try_decode(ds, max_side) if gpu is not None else None) or decode_pixels(ds)
         modality = str(ds.Modality).upper()
         images = []
         for i, frame in enumerate(decoded.frames):

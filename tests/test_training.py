@@ -235,3 +235,22 @@ def test_package_calibration_is_applied_by_the_ensemble(tiny_run, corpus, tmp_pa
     got = ens.predict(batch.tensor)[0].probabilities
     k = meta["classes"].index("Chest")
     assert got["Chest"] == pytest.approx(expected[0, k], abs=1e-5)
+
+
+def test_time_budget_stops_before_an_epoch_that_would_not_fit(train_dir, tmp_path, caplog):
+    from training.members import _next_epoch_overruns
+
+    now = __import__("time").perf_counter()
+    assert _next_epoch_overruns([{"seconds": 30.0}], now - 40.0, 60.0)  # 40 s used + 30 s > 60 s
+    assert not _next_epoch_overruns([{"seconds": 10.0}], now - 40.0, 60.0)
+    data = write_subset_csv(train_dir, tmp_path / "d", per_class=2)
+    out = tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="bodypart")
+    args = ["train", "--config", str(TINY), "--data", str(data), "-o", str(out), "--device", "cpu",
+            "--epochs", "5", "--max-minutes-per-member", "0.0001"]
+    assert cli(args) == 0
+    assert "time budget of" in caplog.text
+    meta = json.loads((out / "metrics.json").read_text())["histories"]["efficientnet_lite0"]
+    assert meta["stopped_by_time_budget"] and len(meta["history"]) == 1
+    package = load_package(out / "package")
+    assert package.members[0].metrics["stopped_by_time_budget"] is True

@@ -51,6 +51,7 @@ class TrainConfig:
     class_balanced_loss: bool = True
     selection_metric: str = "sensitivity"  # macro sensitivity on validation, as the study
     max_steps_per_epoch: int | None = None  # caps an epoch (tiny configs, smoke tests)
+    max_minutes_per_member: float | None = None  # time budget: no epoch starts that would not end in it
     # stacking and decisions
     stackers: tuple[str, ...] = ("logistic", "xgboost")
     default_stacker: str = "logistic"

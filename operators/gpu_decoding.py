@@ -1,0 +1,162 @@
+"""JPEG 2000 and JPEG pixel data decoded on a CUDA device with nvImageCodec, shrunk there.
+
+A 2k x 2k lossless JPEG 2000 radiograph takes 0.2-0.9 s to decode on one CPU core while the
+networks need a few milliseconds: on a GPU machine the decoder, not the network, sets the pace.
+nvImageCodec (``nvidia-nvimgcodec-cu13`` with ``nvidia-nvjpeg2k-cu13`` and ``nvidia-nvjpeg``)
+decodes these on the GPU; the image is then averaged down to the model's working size on the
+same device, so only a few hundred kilobytes cross back to the host.
+
+Only what the GPU path reproduces is sent to it: unsigned grey images without a Modality LUT table
+(a table must see full-resolution values), and RGB/YBR colour ones (turned to RGB, as pydicom does). Everything else, and any file the
+GPU decoder refuses, goes through the CPU decoders of :mod:`operators.decoding` unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.encaps import generate_frames
+
+from .decoding import DecodedPixels, transfer_syntax
+from .outcome import short_reason
+
+logger = logging.getLogger(__name__)
+
+#: Transfer syntaxes nvImageCodec decodes on the GPU (nvJPEG2000 and nvJPEG), by UID.
+GPU_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "JPEG baseline",
+    "1.2.840.10008.1.2.4.57": "JPEG lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "HTJ2K",
+    "1.2.840.10008.1.2.4.202": "HTJ2K",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
+}
+
+MODES = ("auto", "on", "off")
+
+
+class GpuDecodeUnavailable(RuntimeError):
+    """GPU decoding was required (mode ``on``) but nvImageCodec or CUDA is missing."""
+
+
+def gpu_suitable(ds: pydicom.Dataset) -> str | None:
+    """Why ``ds`` stays on the CPU decoders, or ``None`` when the GPU path reproduces it exactly."""
+    try:
+        ts = str(transfer_syntax(ds))
+    except Exception as e:
+        return short_reason(e)
+    if ts not in GPU_TRANSFER_SYNTAXES:
+        return "transfer syntax not decoded on the GPU"
+    if int(ds.get("SamplesPerPixel", 1) or 1) not in (1, 3):
+        return "neither one nor three samples per pixel"
+    if int(ds.get("PixelRepresentation", 0) or 0) != 0:
+        return "signed pixel values"
+    if int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16) > 16:
+        return "more than 16 bits stored"
+    if "ModalityLUTSequence" in ds:
+        return "Modality LUT table needs full-resolution values"
+    return None
+
+
+@dataclass
+class GpuDecoder:
+    """An nvImageCodec decoder bound to one CUDA device (one per process: it holds a CUDA context).
+
+    Build it with :meth:`create`, which returns ``None`` (and says why) where the GPU path cannot run.
+    """
+
+    decoder: object
+    grey_params: object  # stored values as they are
+    colour_params: object  # YBR turned to RGB, as pydicom's decoders do
+    device: "torch.device"  # noqa: F821 - torch is imported lazily
+
+    @classmethod
+    def create(cls, mode: str = "auto", device: str = "cuda") -> "GpuDecoder | None":
+        """A decoder for ``mode`` ``auto`` (when available), ``on`` (required) or ``off`` (never).
+
+        Raises
+        ------
+        ValueError
+            Unknown mode.
+        GpuDecodeUnavailable
+            Mode ``on`` without a CUDA device or without nvImageCodec.
+        """
+        if mode not in MODES:
+            raise ValueError(f"GPU decode mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode == "off":
+            return None
+        reason = None
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                reason = "no CUDA device"
+            else:
+                from nvidia import nvimgcodec
+
+                dev = torch.device(device)
+                with torch.cuda.device(dev):
+                    decoder = nvimgcodec.Decoder()
+                grey = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED)
+                colour = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.SRGB)
+                return cls(decoder, grey, colour, dev)
+        except ImportError:
+            reason = "nvImageCodec is not installed (pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg2k-cu13 nvidia-nvjpeg)"
+        except Exception as e:  # CUDA or library initialisation errors come in many types
+            reason = f"nvImageCodec could not start: {short_reason(e)}"
+        if mode == "on":
+            raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
+        logger.info("GPU decoding off: %s", reason)
+        return None
+
+    def decode(self, ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels:
+        """Decode every frame of ``ds`` on the GPU and average it down to ``max_side`` there.
+
+        The frames come back as float32 stored values (no LUT applied; colour as RGB), already
+        shrunk as :func:`operators.radiograph.area_downsample` would have shrunk them on the CPU.
+
+        Raises
+        ------
+        RuntimeError
+            The GPU decoder refused the data or gave an image of the wrong size; the caller falls
+            back to the CPU decoders.
+        """
+        import torch
+
+        from .radiograph import pool_to_side
+
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        streams = list(generate_frames(ds.PixelData, number_of_frames=n))
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        shape = (rows, cols) if samples == 1 else (rows, cols, samples)
+        with torch.cuda.device(self.device):
+            images = self.decoder.decode(streams, params=self.grey_params if samples == 1 else self.colour_params)
+            frames = []
+            for i, image in enumerate(images):
+                if image is None:
+                    raise RuntimeError(f"nvImageCodec could not decode frame {i + 1}")
+                t = torch.from_dlpack(image)
+                if t.ndim == 3 and t.shape[-1] == 1:
+                    t = t[..., 0]
+                if tuple(t.shape) != shape:
+                    raise RuntimeError(f"decoded shape {tuple(t.shape)} differs from the header's {shape}")
+                frames.append(pool_to_side(t.float(), max_side))
+            out = torch.stack(frames).cpu().numpy()
+        name = GPU_TRANSFER_SYNTAXES[str(transfer_syntax(ds))]
+        return DecodedPixels(out, f"nvImageCodec GPU ({name})")
+
+    def try_decode(self, ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels | None:
+        """:meth:`decode` where :func:`gpu_suitable`, else (or when the GPU refuses) ``None``."""
+        if gpu_suitable(ds) is not None:
+            return None
+        try:
+            return self.decode(ds, max_side)
+        except Exception as e:  # the CPU decoders will say what is wrong with the data, if anything
+            logger.debug("GPU decoding failed for SOP Instance %s, CPU fallback: %s", ds.get("SOPInstanceUID"), short_reason(e))
+            return None
