@@ -154,7 +154,8 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
     return {"images": n, "seconds": total, "images_per_s": n / total, "stage_seconds": dict(stage)}
 
 
-def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int, dicom_outputs: bool = True) -> dict:
+def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int, dicom_outputs: bool = True,
+                        gpu_decode: str = "off") -> dict:
     """Per study (files grouped by Study Instance UID): warm process, study in -> results written."""
     import pydicom
 
@@ -168,7 +169,8 @@ def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int,
         d.mkdir(parents=True)
         for f in files:
             os.symlink(f, d / f.name)
-        r = bench_pipeline(ensemble, d, tmp / f"study{i}_out", batch, workers=0, dicom_outputs=dicom_outputs)
+        r = bench_pipeline(ensemble, d, tmp / f"study{i}_out", batch, workers=0, dicom_outputs=dicom_outputs,
+                           gpu_decode=gpu_decode)
         lat.append((r["seconds"], len(files)))
     s = sorted(x for x, _ in lat)
     return {"studies": len(s), "files_per_study": [k for _, k in lat], "p50_s": float(np.percentile(s, 50)), "p95_s": float(np.percentile(s, 95))}
@@ -238,7 +240,8 @@ def main() -> None:
         report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers,
                                               dicom_outputs=not args.no_dicom_outputs, gpu_decode="on" if gpu else "off")
         report["end_to_end"]["inputs"] = n
-        report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch, not args.no_dicom_outputs)
+        report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch, not args.no_dicom_outputs,
+                                                      gpu_decode="on" if gpu else "off")
     size = package.preprocessing.size
     ceiling = report["ceiling"].get(size, report["ceiling"][sizes[0]])["ensemble (package members)"]
     report["end_to_end_fraction_of_ceiling"] = report["end_to_end"]["images_per_s"] / ceiling
