@@ -23,10 +23,11 @@ def main() -> int:
     from operators.model_package import ModelPackageError
 
     from .app import BodyPartApp
+    from .settings import SettingsError
 
     try:
         BodyPartApp().run()
-    except ModelPackageError as e:
+    except (ModelPackageError, SettingsError) as e:
         logging.getLogger("bodypart").error("%s", e)
         return 2
     return 0

@@ -12,7 +12,8 @@ Options that MONAI Deploy's argument parser does not know come from the environm
 in the main process; default: the usable cores, at most 16), ``BODYPART_STACKER`` (logistic, xgboost, mean),
 ``BODYPART_KEEP_UIDS=1`` (corrected copies keep their UIDs, for PACS that overwrite),
 ``BODYPART_DICOM_OUTPUTS=0`` (results.json only), ``BODYPART_COMPILE=1`` (torch.compile the members),
-``BODYPART_SCHEDULER=greedy`` (one thread instead of Holoscan's event-based scheduler).
+``BODYPART_SCHEDULER=greedy`` (one thread instead of Holoscan's event-based scheduler),
+``BODYPART_GPU_DECODE`` (auto, on, off: nvImageCodec decoding in the readers); see :mod:`app.settings`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from monai.deploy.core import Application
 from holoscan.conditions import BooleanCondition
 from holoscan.schedulers import EventBasedScheduler
 
-from operators.batching import default_workers
 from operators.catalogue import Catalogue
 from operators.ensemble import Ensemble
 from operators.holoscan_operators import (
@@ -39,6 +39,8 @@ from operators.model_package import ModelPackageError, load_package
 from operators.dicom_outputs import DicomOutputs
 from operators.results import ModelInfo
 from operators.sr import Algorithm
+
+from .settings import Settings
 
 log = logging.getLogger("bodypart")
 
@@ -65,25 +67,20 @@ class BodyPartApp(Application):
     def compose(self) -> None:
         context = Application.init_app_context(self.argv)
         input_path, output_path = Path(context.input_path), Path(context.output_path)
-        package = load_package(resolve_model_path(context.model_path))  # fails before any work starts
-        ensemble = Ensemble(package, device=os.environ.get("BODYPART_DEVICE") or None, stacker=os.environ.get("BODYPART_STACKER") or None,
-                            compile=os.environ.get("BODYPART_COMPILE") == "1")
-        batch_size = int(os.environ.get("BODYPART_BATCH_SIZE", "16"))
-        workers = int(os.environ.get("BODYPART_WORKERS", default_workers()))
-        # nvImageCodec in the readers where the networks run on CUDA: decoding is the bottleneck there.
-        gpu_decode = os.environ.get("BODYPART_GPU_DECODE") or ("auto" if ensemble.device.type == "cuda" else "off")
+        settings = Settings.from_env()  # fails, like the package, before any work starts
+        package = load_package(resolve_model_path(context.model_path))
+        ensemble = Ensemble(package, device=settings.device, stacker=settings.stacker, compile=settings.compile)
         log.info("model %s %s on %s; input %s; output %s", package.name, package.version, ensemble.device, input_path, output_path)
 
         loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path,
-                                          preprocessing=package.preprocessing, batch_size=batch_size, workers=workers,
-                                          gpu_decode=gpu_decode, name="radiograph_loader")
+                                          preprocessing=package.preprocessing, batch_size=settings.batch_size,
+                                          workers=settings.workers, gpu_decode=settings.gpu_decode, name="radiograph_loader")
         catalogue = Catalogue.default()
         classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=catalogue, name="bodypart_classifier")
         algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)
-        dicom_on = os.environ.get("BODYPART_DICOM_OUTPUTS", "1") != "0"
         dicom = DicomOutputsOperator(self, name="dicom_outputs", outputs=DicomOutputs(
-            output_path, algorithm, catalogue, keep_uids=os.environ.get("BODYPART_KEEP_UIDS") == "1",
-            corrected=dicom_on, reports=dicom_on))
+            output_path, algorithm, catalogue, keep_uids=settings.keep_uids,
+            corrected=settings.dicom_outputs, reports=settings.dicom_outputs))
         results = ResultsWriterOperator(self, output_path=output_path, name="results_writer",
                                         run={"app": {"name": self.name, "version": self.version}, "input": str(input_path),
                                              "model": ModelInfo.of(ensemble).to_json()})
@@ -92,7 +89,7 @@ class BodyPartApp(Application):
         self.add_flow(classifier, dicom, {("results", "results")})
         self.add_flow(dicom, results, {("results", "results")})
 
-        if os.environ.get("BODYPART_SCHEDULER", "event") == "event":
+        if settings.scheduler == "event":
             # Operators in their own threads: the networks (torch releases the GIL) run while the
             # writers of the previous batch and the reader hand-off go on.
             self.scheduler(EventBasedScheduler(self, worker_thread_number=3, stop_on_deadlock=True, name="scheduler"))

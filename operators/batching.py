@@ -8,6 +8,7 @@ however large the folder is, and each worker returns only small preprocessed ten
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from collections import deque
@@ -18,10 +19,12 @@ from typing import Iterator
 
 import torch
 
-from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecoder
+from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecodeUnavailable, GpuDecoder, unavailable_reason
 from .outcome import InputOutcome
 from .preprocessing import Preprocessing
 from .radiograph import Radiograph, iter_input_files, read_file
+
+log = logging.getLogger(__name__)
 
 #: Per reader process: its own GPU decoder (a CUDA context cannot cross processes). Set once by
 #: :func:`_worker_init`; never used in the parent process.
@@ -77,8 +80,13 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
         for path in files:
             yield from prepare_file(path, root, preprocessing, gpu)
         return
-    if gpu_decode == "on":
-        GpuDecoder.create("on")  # fail here, once, with the reason, rather than in every worker
+    if gpu_decode != "off":  # decide here, once, rather than in every reader
+        reason = unavailable_reason()
+        if reason is not None and gpu_decode == "on":
+            raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
+        if reason is not None:
+            log.info("GPU decoding off: %s", reason)
+            gpu_decode = "off"
     # Workers each get one intra-op thread: parallelism comes from the processes.
     # forkserver: forking a process that already runs Holoscan and torch threads can deadlock
     context = multiprocessing.get_context("forkserver")

@@ -63,6 +63,19 @@ def gpu_suitable(ds: pydicom.Dataset) -> str | None:
     return None
 
 
+def unavailable_reason() -> str | None:
+    """Why GPU decoding cannot run in this environment, or ``None`` when it can (no CUDA context made)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        from nvidia import nvimgcodec  # noqa: F401
+    except ImportError:
+        return "nvImageCodec is not installed (pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg2k-cu13 nvidia-nvjpeg)"
+    return None
+
+
 @dataclass
 class GpuDecoder:
     """An nvImageCodec decoder bound to one CUDA device (one per process: it holds a CUDA context).
@@ -90,13 +103,10 @@ class GpuDecoder:
             raise ValueError(f"GPU decode mode must be one of {', '.join(MODES)}, not {mode!r}")
         if mode == "off":
             return None
-        reason = None
-        try:
-            import torch
-
-            if not torch.cuda.is_available():
-                reason = "no CUDA device"
-            else:
+        reason = unavailable_reason()
+        if reason is None:
+            try:
+                import torch
                 from nvidia import nvimgcodec
 
                 dev = torch.device(device)
@@ -105,10 +115,8 @@ class GpuDecoder:
                 grey = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED)
                 colour = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.SRGB)
                 return cls(decoder, grey, colour, dev)
-        except ImportError:
-            reason = "nvImageCodec is not installed (pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg2k-cu13 nvidia-nvjpeg)"
-        except Exception as e:  # CUDA or library initialisation errors come in many types
-            reason = f"nvImageCodec could not start: {short_reason(e)}"
+            except Exception as e:  # CUDA or library initialisation errors come in many types
+                reason = f"nvImageCodec could not start: {short_reason(e)}"
         if mode == "on":
             raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
         logger.info("GPU decoding off: %s", reason)

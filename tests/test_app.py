@@ -161,3 +161,13 @@ def test_killed_run_keeps_every_finished_result(corpus, tiny_package, tmp_path):
     lines = [json.loads(l) for l in partial.read_text().splitlines()]  # every line is a whole record
     assert len(lines) >= 3 and all(l["status"] in ("classified", "failed", "skipped") for l in lines)
     assert not (out / "results.json").exists()
+
+
+def test_wrong_setting_is_one_clear_error_before_any_work(corpus, tiny_package, tmp_path):
+    proc = run_app(["-i", str(corpus), "-o", str(tmp_path / "out"), "-m", str(tiny_package)],
+                   env={"BODYPART_BATCH_SIZE": "many"})
+    assert proc.returncode == 2
+    errors = [l for l in proc.stderr.splitlines() if "ERROR" in l]
+    assert len(errors) == 1 and "BODYPART_BATCH_SIZE='many': not a whole number" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -1,0 +1,48 @@
+"""The app's BODYPART_* settings: defaults, and one clear error per wrong value before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.settings import Settings, SettingsError
+from operators.batching import default_workers
+
+
+def test_defaults_follow_the_machine():
+    s = Settings.from_env({})
+    assert (s.batch_size, s.workers, s.stacker, s.scheduler) == (16, default_workers(), None, "event")
+    assert s.dicom_outputs and not s.keep_uids and not s.compile
+    assert s.gpu_decode == ("auto" if torch.cuda.is_available() else "off")
+    assert Settings.from_env({"BODYPART_DEVICE": "cpu"}).gpu_decode == "off"  # networks on the CPU: readers too
+
+
+def test_values_are_read():
+    s = Settings.from_env({"BODYPART_DEVICE": "cpu", "BODYPART_STACKER": "xgboost", "BODYPART_BATCH_SIZE": "4",
+                           "BODYPART_WORKERS": "0", "BODYPART_KEEP_UIDS": "1", "BODYPART_DICOM_OUTPUTS": "0",
+                           "BODYPART_COMPILE": "1", "BODYPART_SCHEDULER": "greedy", "BODYPART_GPU_DECODE": "off"})
+    assert s == Settings("cpu", "xgboost", 4, 0, "off", True, False, True, "greedy")
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("BODYPART_DEVICE", "tpu", "use cuda or cpu"),
+    ("BODYPART_STACKER", "forest", "use logistic, xgboost or mean"),
+    ("BODYPART_BATCH_SIZE", "sixteen", "not a whole number"),
+    ("BODYPART_BATCH_SIZE", "0", "at least 1"),
+    ("BODYPART_WORKERS", "-1", "at least 0"),
+    ("BODYPART_KEEP_UIDS", "yes", "use 1 (on) or 0 (off)"),
+    ("BODYPART_GPU_DECODE", "fast", "use auto, on, off"),
+    ("BODYPART_SCHEDULER", "multi", "use event or greedy"),
+])
+def test_each_wrong_value_names_the_variable(name, value, message):
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({name: value})
+    assert str(e.value).startswith(f"{name}={value!r}: ") and message in str(e.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_only_settings_fail_clearly_without_a_gpu():
+    with pytest.raises(SettingsError, match="no CUDA device on this machine"):
+        Settings.from_env({"BODYPART_DEVICE": "cuda"})
+    with pytest.raises(SettingsError, match=r"BODYPART_GPU_DECODE=on: GPU decoding is unavailable here \(no CUDA device\)"):
+        Settings.from_env({"BODYPART_GPU_DECODE": "on"})
