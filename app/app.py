@@ -13,7 +13,8 @@ in the main process; default: the usable cores, at most 16), ``BODYPART_STACKER`
 ``BODYPART_KEEP_UIDS=1`` (corrected copies keep their UIDs, for PACS that overwrite),
 ``BODYPART_DICOM_OUTPUTS=0`` (results.json only), ``BODYPART_COMPILE=1`` (torch.compile the members),
 ``BODYPART_SCHEDULER=greedy`` (one thread instead of Holoscan's event-based scheduler),
-``BODYPART_GPU_DECODE`` (auto, on, off: nvImageCodec decoding in the readers); see :mod:`app.settings`.
+``BODYPART_GPU_DECODE`` (auto, on, off: nvImageCodec decoding in the readers),
+``BODYPART_REDUCED_DECODE=0`` (JPEG 2000 always at full resolution); see :mod:`app.settings`.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class BodyPartApp(Application):
 
         loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path,
                                           preprocessing=package.preprocessing, batch_size=settings.batch_size,
-                                          workers=settings.workers, gpu_decode=settings.gpu_decode, name="radiograph_loader")
+                                          workers=settings.workers, decode=settings.decode, name="radiograph_loader")
         catalogue = Catalogue.default()
         classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=catalogue, name="bodypart_classifier")
         algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from operators.batching import default_workers
+from operators.batching import DecodeOptions, default_workers
 from operators.gpu_decoding import MODES as GPU_DECODE_MODES, unavailable_reason
 
 
@@ -26,7 +26,7 @@ class Settings:
     stacker: str | None = None  # None: the package's
     batch_size: int = 16
     workers: int = 0
-    gpu_decode: str = "off"
+    decode: DecodeOptions = DecodeOptions()
     keep_uids: bool = False
     dicom_outputs: bool = True
     compile: bool = False
@@ -60,6 +60,7 @@ class Settings:
             raise SettingsError(f"BODYPART_GPU_DECODE={gpu_decode!r}: use {', '.join(GPU_DECODE_MODES)}")
         if gpu_decode == "on" and (reason := unavailable_reason()):
             raise SettingsError(f"BODYPART_GPU_DECODE=on: GPU decoding is unavailable here ({reason})")
+        decode = DecodeOptions(gpu=gpu_decode, reduced_resolution=_flag(env, "BODYPART_REDUCED_DECODE", True))
         scheduler = env.get("BODYPART_SCHEDULER", "event")
         if scheduler not in ("event", "greedy"):
             raise SettingsError(f"BODYPART_SCHEDULER={scheduler!r}: use event or greedy")
@@ -68,7 +69,7 @@ class Settings:
             stacker=stacker,
             batch_size=_int(env, "BODYPART_BATCH_SIZE", 16, minimum=1),
             workers=_int(env, "BODYPART_WORKERS", default_workers(), minimum=0),
-            gpu_decode=gpu_decode,
+            decode=decode,
             keep_uids=_flag(env, "BODYPART_KEEP_UIDS", False),
             dicom_outputs=_flag(env, "BODYPART_DICOM_OUTPUTS", True),
             compile=_flag(env, "BODYPART_COMPILE", False),

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators.batching import default_workers, iter_batches  # noqa: E402
+from operators.batching import DecodeOptions, default_workers, iter_batches  # noqa: E402
 from operators.catalogue import Catalogue  # noqa: E402
 from operators.classify import classify_batch  # noqa: E402
 from operators.ensemble import Ensemble, inference_autocast  # noqa: E402
@@ -52,16 +52,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_decode(corpus: Path, gpu: GpuDecoder | None = None) -> dict:
-    """Input stage per transfer syntax, single process: read + decode + grey (GPU decoder if given,
-    warmed up first; files it does not take are read on the CPU as in the app)."""
+def bench_decode(corpus: Path, gpu: GpuDecoder | None = None, reduced_resolution: bool = True) -> dict:
+    """Input stage per transfer syntax, single process: read + decode + grey at the default working
+    size (GPU decoder if given, warmed up first; files it does not take are read on the CPU as in
+    the app; ``reduced_resolution``: JPEG 2000 at a lower resolution level where it can be)."""
     per = defaultdict(list)
     if gpu is not None:
         for path in iter_input_files(corpus):
             read_file(path, corpus, gpu=gpu)
     for path in iter_input_files(corpus):
         t = time.perf_counter()
-        read = read_file(path, corpus, gpu=gpu)
+        read = read_file(path, corpus, gpu=gpu, reduced_resolution=reduced_resolution)
         dt = time.perf_counter() - t
         if read.radiographs:
             r = read.radiographs[0]
@@ -116,7 +117,7 @@ def link_inputs(corpus: Path, repeat: int, dest: Path) -> int:
 
 
 def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, workers: int, dicom_outputs: bool,
-                   gpu_decode: str = "off") -> dict:
+                   decode: DecodeOptions = DecodeOptions()) -> dict:
     """The app's data flow in process: readers -> ensemble -> DICOM outputs -> results."""
     cat = Catalogue.default()
     model = ModelInfo.of(ensemble)
@@ -132,7 +133,7 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
     n = 0
     t0 = time.perf_counter()
     t_wait = time.perf_counter()
-    for batch_ in iter_batches(inputs, p.preprocessing, batch, workers, gpu_decode):
+    for batch_ in iter_batches(inputs, p.preprocessing, batch, workers, decode):
         stage["waiting for readers"] += time.perf_counter() - t_wait
         t = time.perf_counter()
         results = classify_batch(ensemble, batch_, model, cat)
@@ -155,7 +156,7 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
 
 
 def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int, dicom_outputs: bool = True,
-                        gpu_decode: str = "off") -> dict:
+                        decode: DecodeOptions = DecodeOptions()) -> dict:
     """Per study (files grouped by Study Instance UID): warm process, study in -> results written."""
     import pydicom
 
@@ -170,7 +171,7 @@ def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int,
         for f in files:
             os.symlink(f, d / f.name)
         r = bench_pipeline(ensemble, d, tmp / f"study{i}_out", batch, workers=0, dicom_outputs=dicom_outputs,
-                           gpu_decode=gpu_decode)
+                           decode=decode)
         lat.append((r["seconds"], len(files)))
     s = sorted(x for x, _ in lat)
     return {"studies": len(s), "files_per_study": [k for _, k in lat], "p50_s": float(np.percentile(s, 50)), "p95_s": float(np.percentile(s, 95))}
@@ -209,6 +210,7 @@ def main() -> None:
     ap.add_argument("--no-dicom-outputs", action="store_true", help="leave out corrected copies and SRs (no highdicom)")
     ap.add_argument("--gpu-decode", choices=["auto", "on", "off"], default="auto",
                     help="nvImageCodec decoding on the GPU (auto: when on CUDA and installed)")
+    ap.add_argument("--no-reduced-decode", action="store_true", help="JPEG 2000 always at full resolution")
     ap.add_argument("--first-result", type=Path, help=argparse.SUPPRESS)  # cold-start child process
     ap.add_argument("--out", type=Path, default=Path("bench.json"))
     args = ap.parse_args()
@@ -222,26 +224,27 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     package = load_package(args.models)
     ensemble = Ensemble(package, device=args.device, compile=args.compile)
-    gpu_decode = args.gpu_decode if ensemble.device.type == "cuda" else "off"
-    gpu = GpuDecoder.create(gpu_decode)
+    gpu = GpuDecoder.create(args.gpu_decode if ensemble.device.type == "cuda" else "off")
+    decode = DecodeOptions(gpu="on" if gpu else "off", reduced_resolution=not args.no_reduced_decode)
     report = {"machine": machine(), "device": str(ensemble.device), "model": f"{package.name} {package.version}",
               "members": [m.arch for m in package.members], "batch": args.batch, "workers": args.workers,
-              "compile": args.compile, "gpu_decode": gpu is not None}
+              "compile": args.compile, "gpu_decode": gpu is not None, "reduced_decode": decode.reduced_resolution}
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         report["cold_start"] = bench_cold_start(args.models, args.corpus, tmp, args.device)
-        report["decode"] = bench_decode(args.corpus)
+        report["decode"] = bench_decode(args.corpus, reduced_resolution=False)
+        report["decode_reduced"] = bench_decode(args.corpus, reduced_resolution=True)
         if gpu is not None:
-            report["decode_gpu"] = bench_decode(args.corpus, gpu)
+            report["decode_gpu"] = bench_decode(args.corpus, gpu, decode.reduced_resolution)
         sizes = [int(s) for s in args.sizes.split(",")]
         extra = ["densenet121", "resnet101", "inception_v4"] if args.study_members else []
         report["ceiling"] = bench_members(ensemble, sizes, args.batch, extra)
         n = link_inputs(args.corpus, args.repeat, tmp / "inputs")
         report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers,
-                                              dicom_outputs=not args.no_dicom_outputs, gpu_decode="on" if gpu else "off")
+                                              dicom_outputs=not args.no_dicom_outputs, decode=decode)
         report["end_to_end"]["inputs"] = n
         report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch, not args.no_dicom_outputs,
-                                                      gpu_decode="on" if gpu else "off")
+                                                      decode=decode)
     size = package.preprocessing.size
     ceiling = report["ceiling"].get(size, report["ceiling"][sizes[0]])["ensemble (package members)"]
     report["end_to_end_fraction_of_ceiling"] = report["end_to_end"]["images_per_s"] / ceiling
@@ -260,6 +263,9 @@ def table(r: dict, size: int) -> str:
     add = lambda k, v: lines.append(f"{k:<46}{v:>14}")  # noqa: E731
     for ts, d in r["decode"].items():
         add(f"read+decode {ts[:30]} ({d['megapixels']:.1f} MP)", f"{d['s_per_image']*1000:.0f} ms/img")
+    for ts, d in r.get("decode_reduced", {}).items():
+        if any("resolution" in x for x in d["decoders"]):
+            add(f"  reduced resolution: {ts[:30]}", f"{d['s_per_image']*1000:.0f} ms/img")
     for ts, d in r.get("decode_gpu", {}).items():
         if any("GPU" in x for x in d["decoders"]):
             add(f"  on the GPU: {ts[:30]}", f"{d['s_per_image']*1000:.0f} ms/img")
@@ -267,7 +273,9 @@ def table(r: dict, size: int) -> str:
         for name, rate in row.items():
             add(f"members only @{s}px: {name}", f"{rate:.1f} img/s")
     e = r["end_to_end"]
-    add(f"end to end ({e['inputs']} files, {r['workers']} readers{', GPU decoding' if r.get('gpu_decode') else ''})",
+    how = ", GPU decoding" if r.get("gpu_decode") else ""
+    how += ", reduced-resolution JPEG 2000" if r.get("reduced_decode") else ""
+    add(f"end to end ({e['inputs']} files, {r['workers']} readers{how})",
         f"{e['images_per_s']:.1f} img/s")
     for k, v in e["stage_seconds"].items():
         add(f"  {k}", f"{v:.1f} s")

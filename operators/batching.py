@@ -31,6 +31,22 @@ log = logging.getLogger(__name__)
 _WORKER_GPU: list[GpuDecoder | None] = [None]
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How readers decode pixel data.
+
+    ``gpu``: ``auto`` (nvImageCodec on the GPU where available), ``on`` (required) or ``off``;
+    ``reduced_resolution``: decode large grey JPEG 2000 at a lower resolution level on the CPU.
+    """
+
+    gpu: str = "off"
+    reduced_resolution: bool = True
+
+    def __post_init__(self) -> None:
+        if self.gpu not in GPU_DECODE_MODES:
+            raise ValueError(f"GPU decode mode must be one of {', '.join(GPU_DECODE_MODES)}, not {self.gpu!r}")
+
+
 @dataclass
 class Batch:
     """Up to ``batch_size`` radiographs (with their input tensor) plus the files that gave none.
@@ -56,45 +72,39 @@ def default_workers() -> int:
     return max(1, min(n, 16))
 
 
-def prepare_file(path: Path, root: Path, preprocessing: Preprocessing,
-                 gpu: GpuDecoder | None = None) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
+def prepare_file(path: Path, root: Path, preprocessing: Preprocessing, gpu: GpuDecoder | None = None,
+                 reduced_resolution: bool = True) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
     """Read one file and preprocess its radiographs: what a worker does (picklable in and out)."""
-    read = read_file(path, root, max_side=preprocessing.max_side, gpu=gpu)
+    read = read_file(path, root, max_side=preprocessing.max_side, gpu=gpu, reduced_resolution=reduced_resolution)
     if read.outcome is not None:
         return [(read.outcome, None)]
     return [(replace(r, image=r.image[:0, :0]), preprocessing.square(r.image)) for r in read.radiographs]
 
 
 def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
-                  gpu_decode: str = "off") -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
-    """Every input in order, read in ``workers`` processes (0: in this process).
-
-    ``gpu_decode`` (``auto``, ``on``, ``off``): decode JPEG 2000 and JPEG on the GPU with
-    nvImageCodec in each reader (see :mod:`operators.gpu_decoding`).
-    """
-    if gpu_decode not in GPU_DECODE_MODES:
-        raise ValueError(f"GPU decode mode must be one of {', '.join(GPU_DECODE_MODES)}, not {gpu_decode!r}")
+                  decode: DecodeOptions = DecodeOptions()) -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
+    """Every input in order, read in ``workers`` processes (0: in this process), decoded as ``decode`` says."""
     files = iter_input_files(root)
     if workers <= 0:
-        gpu = GpuDecoder.create(gpu_decode)
+        gpu = GpuDecoder.create(decode.gpu)
         for path in files:
-            yield from prepare_file(path, root, preprocessing, gpu)
+            yield from prepare_file(path, root, preprocessing, gpu, decode.reduced_resolution)
         return
-    if gpu_decode != "off":  # decide here, once, rather than in every reader
+    if decode.gpu != "off":  # decide here, once, rather than in every reader
         reason = unavailable_reason()
-        if reason is not None and gpu_decode == "on":
+        if reason is not None and decode.gpu == "on":
             raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
         if reason is not None:
             log.info("GPU decoding off: %s", reason)
-            gpu_decode = "off"
+            decode = replace(decode, gpu="off")
     # Workers each get one intra-op thread: parallelism comes from the processes.
     # forkserver: forking a process that already runs Holoscan and torch threads can deadlock
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(gpu_decode,), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(decode.gpu,), mp_context=context) as pool:
         pending: deque[Future] = deque()
         limit = workers * 4
         for path in files:
-            pending.append(pool.submit(_prepare_in_worker, path, root, preprocessing))
+            pending.append(pool.submit(_prepare_in_worker, path, root, preprocessing, decode.reduced_resolution))
             if len(pending) >= limit:
                 yield from pending.popleft().result()
         while pending:
@@ -106,18 +116,18 @@ def _worker_init(gpu_decode: str = "off") -> None:
     _WORKER_GPU[0] = GpuDecoder.create(gpu_decode)
 
 
-def _prepare_in_worker(path: Path, root: Path, preprocessing: Preprocessing):
-    return prepare_file(path, root, preprocessing, _WORKER_GPU[0])
+def _prepare_in_worker(path: Path, root: Path, preprocessing: Preprocessing, reduced_resolution: bool):
+    return prepare_file(path, root, preprocessing, _WORKER_GPU[0], reduced_resolution)
 
 
 def iter_batches(root: Path, preprocessing: Preprocessing, batch_size: int = 16, workers: int = 0,
-                 gpu_decode: str = "off") -> Iterator[Batch]:
+                 decode: DecodeOptions = DecodeOptions()) -> Iterator[Batch]:
     """Read ``root`` lazily and yield batches of at most ``batch_size`` radiographs."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     items: list[Radiograph | InputOutcome] = []
     tensors: list[torch.Tensor] = []
-    for item, tensor in iter_prepared(Path(root), preprocessing, workers, gpu_decode):
+    for item, tensor in iter_prepared(Path(root), preprocessing, workers, decode):
         items.append(item)
         if tensor is not None:
             tensors.append(tensor)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
-from .batching import Batch, iter_batches
+from .batching import Batch, DecodeOptions, iter_batches
 from .catalogue import Catalogue
 from .classify import classify_batch
 from .dicom_outputs import DicomOutputs
@@ -37,9 +37,9 @@ class RadiographLoaderOperator(Operator):
     """
 
     def __init__(self, fragment: Fragment, *args, input_path: Path, batches: Iterator[Batch] | None = None,
-                 preprocessing=None, batch_size: int = 16, workers: int = 0, gpu_decode: str = "off", **kwargs):
+                 preprocessing=None, batch_size: int = 16, workers: int = 0, decode: DecodeOptions = DecodeOptions(), **kwargs):
         self.input_path = Path(input_path)
-        self._batches = batches if batches is not None else iter_batches(self.input_path, preprocessing, batch_size, workers, gpu_decode)
+        self._batches = batches if batches is not None else iter_batches(self.input_path, preprocessing, batch_size, workers, decode)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:

@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
 
-from .decoding import DecodeError, decode_pixels, transfer_syntax
+from .decoding import DecodeError, decode_pixels, decode_reduced_jpeg2000, transfer_syntax
 from .outcome import InputOutcome, Status, short_reason
 
 #: Plain radiography: what the models are for.
@@ -366,12 +366,14 @@ class FileRead:
 
 
 def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
-              gpu: "GpuDecoder | None" = None) -> FileRead:  # noqa: F821
+              gpu: "GpuDecoder | None" = None, reduced_resolution: bool = True) -> FileRead:  # noqa: F821
     """Read one input file: select, decode and turn every frame into a grey radiograph.
 
     ``gpu``, an :class:`operators.gpu_decoding.GpuDecoder`, decodes and shrinks the JPEG 2000 and
-    JPEG files it can on the GPU; the CPU decoders take everything else. Never raises for bad
-    input: the returned outcome names the reason.
+    JPEG files it can on the GPU; ``reduced_resolution`` lets the CPU decode large grey JPEG 2000
+    images at a lower resolution level (:func:`operators.decoding.decode_reduced_jpeg2000`); the
+    full CPU decoders take everything else. Never raises for bad input: the returned outcome
+    names the reason.
     """
     path = Path(path)
     source = relative_source(path, root if root is not None else path)
@@ -381,7 +383,9 @@ def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAU
         reason = selection_reason(ds)
         if reason:
             return FileRead([], _outcome(source, ds, Status.SKIPPED, reason))
-        decoded = (gpu.try_decode(ds, max_side) if gpu is not None else None) or decode_pixels(ds)
+        decoded = ((gpu.try_decode(ds, max_side) if gpu is not None else None)
+                   or (decode_reduced_jpeg2000(ds, max_side) if reduced_resolution else None)
+                   or decode_pixels(ds))
         modality = str(ds.Modality).upper()
         images = []
         for i, frame in enumerate(decoded.frames):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.batching import iter_batches
+from operators.batching import DecodeOptions, iter_batches
 from operators.gpu_decoding import GpuDecodeUnavailable, GpuDecoder, gpu_suitable
 from operators.preprocessing import Preprocessing
 from operators.radiograph import area_downsample, pool_to_side, read_dataset, read_file
@@ -66,11 +66,11 @@ def test_unavailable_gpu_decoding_is_silent_in_auto_and_clear_when_required(corp
         GpuDecoder.create("fast")
     pre = Preprocessing(size=64)
     with pytest.raises(GpuDecodeUnavailable):
-        next(iter_batches(corpus, pre, 4, workers=2, gpu_decode="on"))
+        next(iter_batches(corpus, pre, 4, workers=2, decode=DecodeOptions(gpu="on")))
     with pytest.raises(ValueError, match="not 'yes'"):
-        next(iter_batches(corpus, pre, 4, workers=0, gpu_decode="yes"))
+        DecodeOptions(gpu="yes")
     # auto without a GPU reads exactly as before
-    batches = list(iter_batches(corpus, pre, 8, workers=2, gpu_decode="auto"))
+    batches = list(iter_batches(corpus, pre, 8, workers=2, decode=DecodeOptions(gpu="auto")))
     assert sum(len(b.radiographs) for b in batches) >= 35
     assert not any("GPU" in r.info.decoder for b in batches for r in b.radiographs)
 
@@ -80,7 +80,8 @@ def test_gpu_decoded_images_match_the_cpu_decoders(corpus):
     gpu = GpuDecoder.create("on")
     used = 0
     for path in sorted(corpus.glob("*.dcm")):
-        cpu_read, gpu_read = read_file(path, corpus), read_file(path, corpus, gpu=gpu)
+        cpu_read = read_file(path, corpus, reduced_resolution=False)
+        gpu_read = read_file(path, corpus, gpu=gpu)
         assert [r.image.shape for r in cpu_read.radiographs] == [r.image.shape for r in gpu_read.radiographs], path.name
         for a, b in zip(cpu_read.radiographs, gpu_read.radiographs):
             if "GPU" in b.info.decoder:

@@ -15,7 +15,8 @@ from tests import dicom_factory as fac
 
 
 def _image(path: Path, **kw) -> np.ndarray:
-    read = read_file(path, **kw)
+    """The grey image as the full-resolution decoders give it (reduced-resolution JPEG 2000 has its own tests)."""
+    read = read_file(path, **{"reduced_resolution": False, **kw})
     assert read.outcome is None, read.outcome.one_line()
     assert len(read.radiographs) == 1
     return read.radiographs[0].image
@@ -77,6 +78,50 @@ def test_lossy_encodings_stay_close_to_lossless(corpus, series, lossy):
     ref = _image(corpus / f"wg04_{series}_{'UNCR' if series != 'RG2' else 'JPLL'}.dcm")
     img = _image(corpus / f"wg04_{series}_{lossy}.dcm")
     assert np.abs(img - ref).mean() < 0.01
+
+
+def test_reduced_resolution_jpeg2000_is_faster_and_gives_the_model_the_same_picture(corpus):
+    """Large grey JPEG 2000 decoded at half resolution: the 224 px model input barely changes."""
+    import time
+
+    from operators.model_package import load_package
+    from tests.conftest import ROOT
+
+    package = load_package(ROOT / "app/models/default")
+    pre = package.preprocessing
+    names = ["wg04_RG2_J2KR", "wg04_RG3_J2KR", "wg04_RG1_J2KI", "wg04_RG2_J2KI", "wg04_RG3_J2KI", "cr_hand_j2k", "dx_chest_pa_j2k"]
+    full_s = reduced_s = 0.0
+    inputs = {"full": [], "reduced": []}
+    for name in names:
+        t = time.perf_counter()
+        (full,) = read_file(corpus / f"{name}.dcm", max_side=pre.max_side, reduced_resolution=False).radiographs
+        t1 = time.perf_counter()
+        (reduced,) = read_file(corpus / f"{name}.dcm", max_side=pre.max_side).radiographs
+        full_s, reduced_s = full_s + t1 - t, reduced_s + time.perf_counter() - t1
+        assert "1/2 resolution" in reduced.info.decoder, (name, reduced.info.decoder)
+        assert reduced.info.original_shape == full.info.original_shape
+        assert max(reduced.image.shape) >= pre.size * 2  # still well above the model's input size
+        a, b = pre.square(full.image), pre.square(reduced.image)
+        assert (a - b).abs().mean() < 0.01 and (a - b).abs().max() < 0.25, name
+        inputs["full"].append(a)
+        inputs["reduced"].append(b)
+    assert reduced_s < full_s / 2, (reduced_s, full_s)
+    # and the shipped model says the same about them
+    import torch
+
+    from operators.ensemble import Ensemble
+
+    ens = Ensemble(package, device="cpu")
+    full_p, reduced_p = (ens.predict(pre.normalise(torch.stack(inputs[k]))) for k in ("full", "reduced"))
+    for name, f, r in zip(names, full_p, reduced_p):
+        assert f.labels == r.labels, name
+        assert max(abs(f.probabilities[c] - r.probabilities[c]) for c in f.probabilities) < 0.1, name
+    # OpenJPEG refuses a reduced decode of this raw 16-bit code stream: the full decoders take it
+    raw = read_file(corpus / "dx_chest_raw_j2k.dcm", max_side=pre.max_side).radiographs[0]
+    assert "resolution" not in raw.info.decoder and raw.info.inverted
+    # small images, colour and JPEG-LS are never reduced
+    for name in ("dx_pelvis_ddh_1.dcm", "wg04_RG2_JLSL.dcm"):
+        assert "resolution" not in read_file(corpus / name).radiographs[0].info.decoder
 
 
 def test_12bit_jpeg_with_bad_scan_parameters_uses_lenient_decoder(corpus):

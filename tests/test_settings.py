@@ -6,22 +6,23 @@ import pytest
 import torch
 
 from app.settings import Settings, SettingsError
-from operators.batching import default_workers
+from operators.batching import DecodeOptions, default_workers
 
 
 def test_defaults_follow_the_machine():
     s = Settings.from_env({})
     assert (s.batch_size, s.workers, s.stacker, s.scheduler) == (16, default_workers(), None, "event")
     assert s.dicom_outputs and not s.keep_uids and not s.compile
-    assert s.gpu_decode == ("auto" if torch.cuda.is_available() else "off")
-    assert Settings.from_env({"BODYPART_DEVICE": "cpu"}).gpu_decode == "off"  # networks on the CPU: readers too
+    assert s.decode == DecodeOptions(gpu="auto" if torch.cuda.is_available() else "off", reduced_resolution=True)
+    assert Settings.from_env({"BODYPART_DEVICE": "cpu"}).decode.gpu == "off"  # networks on the CPU: readers too
 
 
 def test_values_are_read():
     s = Settings.from_env({"BODYPART_DEVICE": "cpu", "BODYPART_STACKER": "xgboost", "BODYPART_BATCH_SIZE": "4",
                            "BODYPART_WORKERS": "0", "BODYPART_KEEP_UIDS": "1", "BODYPART_DICOM_OUTPUTS": "0",
-                           "BODYPART_COMPILE": "1", "BODYPART_SCHEDULER": "greedy", "BODYPART_GPU_DECODE": "off"})
-    assert s == Settings("cpu", "xgboost", 4, 0, "off", True, False, True, "greedy")
+                           "BODYPART_COMPILE": "1", "BODYPART_SCHEDULER": "greedy", "BODYPART_GPU_DECODE": "off",
+                           "BODYPART_REDUCED_DECODE": "0"})
+    assert s == Settings("cpu", "xgboost", 4, 0, DecodeOptions("off", False), True, False, True, "greedy")
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -32,6 +33,7 @@ def test_values_are_read():
     ("BODYPART_WORKERS", "-1", "at least 0"),
     ("BODYPART_KEEP_UIDS", "yes", "use 1 (on) or 0 (off)"),
     ("BODYPART_GPU_DECODE", "fast", "use auto, on, off"),
+    ("BODYPART_REDUCED_DECODE", "off", "use 1 (on) or 0 (off)"),
     ("BODYPART_SCHEDULER", "multi", "use event or greedy"),
 ])
 def test_each_wrong_value_names_the_variable(name, value, message):
