@@ -81,7 +81,7 @@ def test_gpu_decoded_images_match_the_cpu_decoders(corpus):
     used = 0
     for path in sorted(corpus.glob("*.dcm")):
         cpu_read = read_file(path, corpus, reduced_resolution=False)
-        gpu_read = read_file(path, corpus, gpu=gpu)
+        gpu_read = read_file(path, corpus, gpu=gpu, reduced_resolution=False)
         assert [r.image.shape for r in cpu_read.radiographs] == [r.image.shape for r in gpu_read.radiographs], path.name
         for a, b in zip(cpu_read.radiographs, gpu_read.radiographs):
             if "GPU" in b.info.decoder:
