@@ -81,7 +81,7 @@ class BodyPartApp(Application):
         algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)
         dicom = DicomOutputsOperator(self, name="dicom_outputs", outputs=DicomOutputs(
             output_path, algorithm, catalogue, keep_uids=settings.keep_uids,
-            corrected=settings.dicom_outputs, reports=settings.dicom_outputs))
+            corrected=settings.dicom_outputs, reports=settings.dicom_outputs, workers=max(1, settings.workers)))
         results = ResultsWriterOperator(self, output_path=output_path, name="results_writer",
                                         run={"app": {"name": self.name, "version": self.version}, "input": str(input_path),
                                              "model": ModelInfo.of(ensemble).to_json()})

@@ -128,7 +128,8 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
         from operators.dicom_outputs import DicomOutputs
         from operators.sr import Algorithm
 
-        outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat)
+        outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat,
+                               workers=max(1, workers))
     stage = defaultdict(float)
     n = 0
     t0 = time.perf_counter()

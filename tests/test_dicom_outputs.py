@@ -167,3 +167,38 @@ def test_invalid_source_uid_is_left_out_of_the_sr_with_a_reason(written):
     _, outcomes, _ = written
     o = outcomes["cr_dental_pano_modlut.dcm"]  # its SOP Instance UID is not a valid UID
     assert "sr" not in o.details["outputs"] and "not a valid UID" in o.details["sr_reason"]
+
+
+def test_reports_built_in_worker_processes_match_the_serial_ones(corpus, corpus_labels, written, tmp_path, caplog):
+    """Many studies: SRs come from a process pool, with progress in the log, and say the same."""
+    import logging
+
+    names = sorted(corpus_labels)
+    outputs = DicomOutputs(tmp_path, ALGORITHM, CAT, corrected=False, workers=2)
+    for name in names:
+        (r,) = read_file(corpus / name, corpus).radiographs
+        outputs.add([r], [classified_outcome(r, _double(corpus_labels[name]), MODEL, CAT)])
+    assert len(outputs.studies) >= 8  # enough for the pool (4 per worker)
+    caplog.set_level(logging.INFO, logger="bodypart")
+    parallel = outputs.close()
+    _, _, serial = written
+    assert [p.name for p in parallel] == [p.name for p in sorted(serial)]
+    for a, b in zip(parallel, sorted(serial)):
+        assert _said(pydicom.dcmread(a)) == _said(pydicom.dcmread(b)), a.name
+    assert all(len(_said(pydicom.dcmread(p))) >= 2 for p in parallel)  # the comparison compares something
+    assert max(len(_said(pydicom.dcmread(p))) for p in parallel) > 20
+    assert "structured reports: " in caplog.text and f"{len(outputs.studies)}/{len(outputs.studies)} studies" in caplog.text
+
+
+def _said(ds) -> list:
+    """What an SR says, without its UIDs and times: concept names, codes, texts, numbers, references."""
+    out = []
+    for item in ds.get("ContentSequence", []):
+        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else None
+        value = (item.get("TextValue") or [c.CodeValue for c in item.get("ConceptCodeSequence", [])]
+                 or [m.NumericValue for m in item.get("MeasuredValueSequence", [])]
+                 or [r.ReferencedSOPInstanceUID for r in item.get("ReferencedSOPSequence", [])])
+        if name not in ("Tracking Unique Identifier", "Observation UID"):
+            out.append((name, str(value)))
+        out.extend(_said(item))
+    return out
