@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators.batching import DecodeOptions, default_workers, iter_batches  # noqa: E402
+from operators.batching import DecodeOptions, default_workers, iter_batches, iter_prepared  # noqa: E402
 from operators.catalogue import Catalogue  # noqa: E402
 from operators.classify import classify_batch  # noqa: E402
 from operators.ensemble import Ensemble, inference_autocast  # noqa: E402
@@ -156,6 +156,26 @@ def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, work
     return {"images": n, "seconds": total, "images_per_s": n / total, "stage_seconds": dict(stage)}
 
 
+def bench_readers(inputs: Path, preprocessing, workers: int, decode: DecodeOptions, single_s_per_image: float) -> dict:
+    """The reader pool alone (no networks, no writers): how far from ``workers`` times the
+    single-process rate it gets tells whether feeding or the readers themselves limit end to end."""
+    t0, t_first, n = time.perf_counter(), None, 0
+    for _, tensor in iter_prepared(inputs, preprocessing, workers, decode):
+        if tensor is not None:
+            n += 1
+            t_first = t_first or time.perf_counter()
+    end = time.perf_counter()
+    rate, steady = n / (end - t0), (n - 1) / max(end - (t_first or end), 1e-9)
+    ideal = max(1, workers) / single_s_per_image
+    return {"images": n, "images_per_s": rate, "start_s": (t_first or end) - t0, "steady_images_per_s": steady,
+            "ideal_images_per_s": ideal, "parallel_efficiency": steady / ideal}
+
+
+def _mean_s_per_file(decode_stage: dict) -> float:
+    files = sum(d["files"] for d in decode_stage.values())
+    return sum(d["s_per_image"] * d["files"] for d in decode_stage.values()) / max(files, 1)
+
+
 def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int, dicom_outputs: bool = True,
                         decode: DecodeOptions = DecodeOptions()) -> dict:
     """Per study (files grouped by Study Instance UID): warm process, study in -> results written."""
@@ -244,6 +264,8 @@ def main() -> None:
         report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers,
                                               dicom_outputs=not args.no_dicom_outputs, decode=decode)
         report["end_to_end"]["inputs"] = n
+        single = _mean_s_per_file(report.get("decode_gpu") or report["decode_reduced" if decode.reduced_resolution else "decode"])
+        report["readers_only"] = bench_readers(tmp / "inputs", package.preprocessing, args.workers, decode, single)
         report["study_latency"] = bench_study_latency(ensemble, args.corpus, tmp / "lat", args.batch, not args.no_dicom_outputs,
                                                       decode=decode)
     size = package.preprocessing.size
@@ -281,6 +303,10 @@ def table(r: dict, size: int) -> str:
     for k, v in e["stage_seconds"].items():
         add(f"  {k}", f"{v:.1f} s")
     add(f"end to end / ceiling @{size}px", f"{r['end_to_end_fraction_of_ceiling']:.1%}")
+    if "readers_only" in r:
+        ro = r["readers_only"]
+        add(f"readers alone ({r['workers']} processes; {ro['start_s']:.1f} s to start)", f"{ro['images_per_s']:.1f} img/s")
+        add("  after the first image / x single-process rate", f"{ro['steady_images_per_s']:.1f} / {ro['parallel_efficiency']:.0%}")
     add("per-study latency p50 / p95", f"{r['study_latency']['p50_s']:.2f}/{r['study_latency']['p95_s']:.2f} s")
     add("cold start (process to first result)", f"{r['cold_start']['seconds_to_first_result']:.1f} s")
     add("peak RSS main / readers", f"{r['peak_rss_mb']['self']:.0f}/{r['peak_rss_mb']['children']:.0f} MB")
