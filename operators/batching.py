@@ -13,6 +13,7 @@ import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import chain, islice
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +26,9 @@ from .preprocessing import Preprocessing
 from .radiograph import Radiograph, iter_input_files, read_file
 
 log = logging.getLogger(__name__)
+
+#: Inputs this small are read in the calling process (a reader pool costs seconds to start).
+IN_PROCESS_UP_TO = 8
 
 #: Per reader process: its own GPU decoder (a CUDA context cannot cross processes). Set once by
 #: :func:`_worker_init`; never used in the parent process.
@@ -83,8 +87,16 @@ def prepare_file(path: Path, root: Path, preprocessing: Preprocessing, gpu: GpuD
 
 def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
                   decode: DecodeOptions = DecodeOptions()) -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
-    """Every input in order, read in ``workers`` processes (0: in this process), decoded as ``decode`` says."""
+    """Every input in order, read in ``workers`` processes (0: in this process), decoded as ``decode`` says.
+
+    Inputs of at most :data:`IN_PROCESS_UP_TO` files are read in this process whatever ``workers``
+    says, and a pool never has more processes than files: starting a reader costs about as much
+    as decoding several radiographs (imports), which a one-study run should not pay.
+    """
     files = iter_input_files(root)
+    head = list(islice(files, max(workers, IN_PROCESS_UP_TO) + 1))  # a bounded peek, not a listing
+    workers = 0 if len(head) <= IN_PROCESS_UP_TO else min(workers, len(head))
+    files = chain(head, files)
     if workers <= 0:
         gpu = GpuDecoder.create(decode.gpu)
         for path in files:

@@ -1,0 +1,37 @@
+"""Reader processes: same results as reading in process, in input order; none for tiny inputs."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import torch
+
+from operators.batching import IN_PROCESS_UP_TO, iter_prepared
+from operators.preprocessing import Preprocessing
+
+PRE = Preprocessing(size=64)
+
+
+def test_reader_pool_gives_what_one_process_gives_in_input_order(corpus):
+    serial = list(iter_prepared(corpus, PRE, workers=0))
+    it = iter_prepared(corpus, PRE, workers=2)
+    first = next(it)
+    assert len(multiprocessing.active_children()) == 2  # a pool runs for a folder this size
+    pooled = [first, *it]
+    assert [i.source for i, _ in pooled] == [i.source for i, _ in serial]
+    assert len(pooled) > IN_PROCESS_UP_TO
+    for (_, a), (_, b) in zip(serial, pooled):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.equal(a, b)
+
+
+def test_a_small_study_is_read_without_starting_processes(corpus, tmp_path):
+    names = ["wg04_RG3_J2KI.dcm", "dx_pelvis_ddh_1.dcm", "cr_hand_j2k.dcm"]
+    for n in names:
+        os.symlink(corpus / n, tmp_path / n)
+    it = iter_prepared(tmp_path, PRE, workers=4)
+    first = next(it)
+    assert multiprocessing.active_children() == []
+    assert [first[0].source, *(i.source for i, _ in it)] == sorted(names)
