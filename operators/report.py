@@ -53,10 +53,12 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def enable_project_loggers() -> None:
-    """MONAI Deploy configures logging with ``disable_existing_loggers``; keep ours alive."""
+    """MONAI Deploy configures logging with ``disable_existing_loggers``; keep ours alive, and keep
+    highdicom's per-module INFO lines (a dozen per SR) out of the run log."""
     for name, logger in logging.root.manager.loggerDict.items():
         if name.startswith("bodypart") and isinstance(logger, logging.Logger):
             logger.disabled = False
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 def contact_sheet(
