@@ -166,14 +166,15 @@ def decode_reduced_jpeg2000(ds: pydicom.Dataset, max_side: int | None) -> Decode
     level = int(math.floor(math.log2(factor))) if factor > 1 else 0
     if level < 1:
         return None
-    frames = []
+    frames, levels_used = [], set()
     try:
         from PIL import Image
 
         for stream in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)):
             precision, signed, levels = _j2k_header(stream)
             r = min(level, levels)
-            if signed or r < 1:
+            levels_used.add(r)
+            if signed or r < 1 or len(levels_used) > 1:  # frames of one file must come out the same size
                 return None
             with Image.open(io.BytesIO(stream)) as im:
                 im.reduce = r

@@ -232,6 +232,20 @@ def test_multiframe_gives_one_image_per_frame(leg, tmp_path):
     np.testing.assert_allclose(read.radiographs[1].image, read.radiographs[0].image[::-1], atol=1e-6)
 
 
+def test_multiframe_jpeg2000_is_reduced_frame_by_frame(corpus, tmp_path):
+    src = corpus / "wg04_RG3_J2KR.dcm"
+    ds = fac.load(src)
+    (frame,) = list(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame, frame])
+    ds.NumberOfFrames = 2
+    path = fac.save(ds, tmp_path / "mf_j2k.dcm")
+    read = read_file(path)
+    assert [r.frame for r in read.radiographs] == [0, 1]
+    assert all("1/2 resolution" in r.info.decoder for r in read.radiographs)
+    np.testing.assert_array_equal(read.radiographs[0].image, read.radiographs[1].image)
+    np.testing.assert_array_equal(read.radiographs[0].image, read_file(src).radiographs[0].image)
+
+
 def test_huge_image_is_downsampled_early(tmp_path):
     ds = fac.minimal(rows=6000, cols=5000)
     img = _image(fac.save(ds, tmp_path / "huge.dcm"))
