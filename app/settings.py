@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from operators.batching import DecodeOptions, default_workers
+from operators.ensemble import pick_device
 from operators.gpu_decoding import MODES as GPU_DECODE_MODES, unavailable_reason
 
 
@@ -53,7 +54,7 @@ class Settings:
         stacker = env.get("BODYPART_STACKER") or None
         if stacker not in (None, "logistic", "xgboost", "mean"):
             raise SettingsError(f"BODYPART_STACKER={stacker!r}: use logistic, xgboost or mean")
-        on_cuda = (device or ("cuda" if _cuda() else "cpu")).startswith("cuda")
+        on_cuda = pick_device(device).type == "cuda"
         # nvImageCodec in the readers where the networks run on CUDA: decoding is the bottleneck there.
         gpu_decode = env.get("BODYPART_GPU_DECODE") or ("auto" if on_cuda else "off")
         if gpu_decode not in GPU_DECODE_MODES:
@@ -75,12 +76,6 @@ class Settings:
             compile=_flag(env, "BODYPART_COMPILE", False),
             scheduler=scheduler,
         )
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:

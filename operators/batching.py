@@ -8,7 +8,6 @@ however large the folder is, and each worker returns only small preprocessed ten
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
 from collections import deque
@@ -20,12 +19,10 @@ from typing import Iterator
 
 import torch
 
-from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecodeUnavailable, GpuDecoder, unavailable_reason
+from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecoder, resolve_mode
 from .outcome import InputOutcome
 from .preprocessing import Preprocessing
 from .radiograph import Radiograph, iter_input_files, read_file
-
-log = logging.getLogger(__name__)
 
 #: Inputs this small are read in the calling process (a reader pool costs seconds to start).
 IN_PROCESS_UP_TO = 8
@@ -102,13 +99,7 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
         for path in files:
             yield from prepare_file(path, root, preprocessing, gpu, decode.reduced_resolution)
         return
-    if decode.gpu != "off":  # decide here, once, rather than in every reader
-        reason = unavailable_reason()
-        if reason is not None and decode.gpu == "on":
-            raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
-        if reason is not None:
-            log.info("GPU decoding off: %s", reason)
-            decode = replace(decode, gpu="off")
+    decode = replace(decode, gpu=resolve_mode(decode.gpu))  # decided here, once, not in every reader
     # Workers each get one intra-op thread: parallelism comes from the processes.
     # forkserver: forking a process that already runs Holoscan and torch threads can deadlock
     context = multiprocessing.get_context("forkserver")

@@ -148,6 +148,12 @@ def _lenient_jpeg(ds: pydicom.Dataset, frames_expected: int) -> np.ndarray:
     return arr
 
 
+def shrink_factor(shape: tuple[int, int], max_side: int | None) -> int:
+    """The smallest integer factor that brings the longest side of ``shape`` to ``max_side``: how
+    much the input stage shrinks an image (:func:`operators.radiograph.pool_to_side`)."""
+    return math.ceil(max(shape) / max_side) if max_side else 1
+
+
 def decode_reduced_jpeg2000(ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels | None:
     """Decode a grey JPEG 2000 image at the lowest resolution level still at least ``max_side``/2.
 
@@ -162,7 +168,7 @@ def decode_reduced_jpeg2000(ds: pydicom.Dataset, max_side: int | None) -> Decode
     if "ModalityLUTSequence" in ds:
         return None
     rows, cols = int(ds.Rows), int(ds.Columns)
-    factor = math.ceil(max(rows, cols) / max_side)  # what the input stage's pooling would use
+    factor = shrink_factor((rows, cols), max_side)
     level = int(math.floor(math.log2(factor))) if factor > 1 else 0
     if level < 1:
         return None

@@ -98,14 +98,13 @@ class DicomOutputs:
             return None
         return rel.as_posix()
 
-    def close(self, workers: int | None = None) -> list[Path]:
-        """Write the SRs of every study seen, in ``workers`` processes (default: the constructor's)
-        when there are many; return their paths.
+    def close(self) -> list[Path]:
+        """Write the SRs of every study seen, in ``workers`` processes when there are many; return their paths.
 
         highdicom takes about 0.4 s per SR document here: a large run has thousands, and they are
         independent, so they are built in parallel (the readers are done by now).
         """
-        workers = self.workers if workers is None else workers
+        workers = self.workers
         jobs = [(self.sr_paths(study or None), study, entries) for study, entries in self.studies.items()]
         written: list[Path] = []
         step = max(1, len(jobs) // 10)

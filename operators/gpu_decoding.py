@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
 
@@ -76,6 +75,27 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def resolve_mode(mode: str) -> str:
+    """``mode`` where GPU decoding can run here, else ``off`` (``auto``, said once in the log).
+
+    Raises
+    ------
+    ValueError
+        Unknown mode.
+    GpuDecodeUnavailable
+        Mode ``on`` without a CUDA device or without nvImageCodec.
+    """
+    if mode not in MODES:
+        raise ValueError(f"GPU decode mode must be one of {', '.join(MODES)}, not {mode!r}")
+    reason = None if mode == "off" else unavailable_reason()
+    if reason is None:
+        return mode
+    if mode == "on":
+        raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
+    logger.info("GPU decoding off: %s", reason)
+    return "off"
+
+
 @dataclass
 class GpuDecoder:
     """An nvImageCodec decoder bound to one CUDA device (one per process: it holds a CUDA context).
@@ -99,24 +119,20 @@ class GpuDecoder:
         GpuDecodeUnavailable
             Mode ``on`` without a CUDA device or without nvImageCodec.
         """
-        if mode not in MODES:
-            raise ValueError(f"GPU decode mode must be one of {', '.join(MODES)}, not {mode!r}")
-        if mode == "off":
+        if resolve_mode(mode) == "off":
             return None
-        reason = unavailable_reason()
-        if reason is None:
-            try:
-                import torch
-                from nvidia import nvimgcodec
+        try:
+            import torch
+            from nvidia import nvimgcodec
 
-                dev = torch.device(device)
-                with torch.cuda.device(dev):
-                    decoder = nvimgcodec.Decoder()
-                grey = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED)
-                colour = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.SRGB)
-                return cls(decoder, grey, colour, dev)
-            except Exception as e:  # CUDA or library initialisation errors come in many types
-                reason = f"nvImageCodec could not start: {short_reason(e)}"
+            dev = torch.device(device)
+            with torch.cuda.device(dev):
+                decoder = nvimgcodec.Decoder()
+            grey = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED)
+            colour = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.SRGB)
+            return cls(decoder, grey, colour, dev)
+        except Exception as e:  # CUDA or library initialisation errors come in many types
+            reason = f"nvImageCodec could not start: {short_reason(e)}"
         if mode == "on":
             raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
         logger.info("GPU decoding off: %s", reason)

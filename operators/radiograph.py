@@ -11,7 +11,6 @@ percentile stretch to [0, 1], which also normalises images that carry no VOI at 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
 
-from .decoding import DecodeError, decode_pixels, decode_reduced_jpeg2000, transfer_syntax
+from .decoding import DecodeError, decode_pixels, decode_reduced_jpeg2000, shrink_factor, transfer_syntax
 from .outcome import InputOutcome, Status, short_reason
 
 #: Plain radiography: what the models are for.
@@ -328,11 +327,6 @@ def area_downsample(values: np.ndarray, max_side: int | None) -> np.ndarray:
     import torch
 
     return pool_to_side(torch.from_numpy(np.ascontiguousarray(values)), max_side).numpy()
-
-
-def shrink_factor(shape: tuple[int, int], max_side: int | None) -> int:
-    """The smallest integer factor that brings the longest side of ``shape`` to ``max_side``."""
-    return math.ceil(max(shape) / max_side) if max_side else 1
 
 
 def pool_to_side(t: "torch.Tensor", max_side: int | None) -> "torch.Tensor":  # noqa: F821

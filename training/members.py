@@ -161,7 +161,7 @@ def train_member(
         state = ck["state"]
         log.info("%s: resumed from %s at epoch %d", member.key, ckpt_path, state["epoch"])
     cuda = device.type == "cuda"
-    started = time.perf_counter()
+    started, stopped_by_time_budget = time.perf_counter(), False
     budget_s = None if config.max_minutes_per_member is None else 60.0 * config.max_minutes_per_member
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         if epoch - state["best_epoch"] > config.patience and state["best_state"] is not None:
@@ -170,7 +170,7 @@ def train_member(
         if budget_s is not None and state["history"] and _next_epoch_overruns(state["history"], started, budget_s):
             log.info("%s: time budget of %.1f min reached after epoch %d (best %d)", member.key,
                      config.max_minutes_per_member, epoch - 1, state["best_epoch"])
-            state["stopped_by_time_budget"] = True
+            stopped_by_time_budget = True
             break
         net.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
@@ -207,7 +207,7 @@ def train_member(
     if state["best_state"] is not None:
         net.load_state_dict(state["best_state"])
     return net.eval(), {"best_epoch": state["best_epoch"], "best_val_sensitivity": state["best_score"],
-                        "stopped_by_time_budget": bool(state.get("stopped_by_time_budget")), "history": state["history"]}
+                        "stopped_by_time_budget": stopped_by_time_budget, "history": state["history"]}
 
 
 def _next_epoch_overruns(history: list[dict[str, Any]], started: float, budget_s: float) -> bool:

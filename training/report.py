@@ -115,7 +115,7 @@ def write_report(out: Path, summary: dict[str, Any], classes: Sequence[str], tes
              "|---|---|---|---|---|---|---|"]
     for name, m in evals.items():
         lines.append("| " + " | ".join([name] + [_f(m[k]) for k in ("macro_f1", "micro_f1", "exact_match", "hamming_loss", "macro_sensitivity", "macro_specificity")]) + " |")
-    lines += ["", "![comparison](figures/members_vs_stackers.png)", "", f"![reliability](figures/reliability.png)", "",
+    lines += ["", "![comparison](figures/members_vs_stackers.png)", "", "![reliability](figures/reliability.png)", "",
               "## Per class", ""]
     for name in evals:
         lines.append(f"![{name}](figures/per_class_{name.replace(':', '_').replace('+', '_')}.png)")
