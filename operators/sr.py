@@ -16,10 +16,12 @@ from typing import Sequence
 
 import highdicom as hd
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from . import sr_content as sc
 from .catalogue import SCT, Catalogue
 
 #: SNOMED CT 363680008 |Radiographic imaging procedure|
@@ -65,11 +67,9 @@ class Algorithm:
         # Stable per app and model version: the same "device" across runs and sites.
         return generate_uid(entropy_srcs=[MANUFACTURER, self.app_version, self.model_name, self.model_version])
 
-    def identification(self) -> hd.sr.AlgorithmIdentification:
-        return hd.sr.AlgorithmIdentification(
-            name=self.model_name, version=self.model_version,
-            parameters=[f"model-sha256={self.model_sha256}", f"stacker={self.stacker}"],
-        )
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return (f"model-sha256={self.model_sha256}", f"stacker={self.stacker}")
 
 
 def evidence_header(path) -> pydicom.Dataset:
@@ -113,54 +113,71 @@ def referenceable(img: ReportedImage) -> bool:
     return pydicom.uid.UID(img.sop_instance_uid).is_valid and pydicom.uid.UID(img.sop_class_uid).is_valid
 
 
-def _site(catalogue: Catalogue, name: str) -> hd.sr.FindingSite | None:
+def _site_code(catalogue: Catalogue, name: str) -> Code | None:
     term = catalogue.get(name).term
-    return hd.sr.FindingSite(Code(term.sct_code, SCT, term.sct_meaning)) if term.sct_code else None
+    return Code(term.sct_code, SCT, term.sct_meaning) if term.sct_code else None
+
+
+def measurement_group(img: ReportedImage, n: int, algorithm: Algorithm, catalogue: Catalogue) -> Dataset:
+    """TID 1501 Measurement Group of one image: finding sites of its labels, one probability per
+    known class (each with its site), the algorithm, the source image."""
+    site = codes.SCT.FindingSite
+    items = [
+        sc.text(codes.DCM.TrackingIdentifier, f"Body part, image {n}", sc.HAS_OBS_CONTEXT),
+        sc.uidref(codes.DCM.TrackingUniqueIdentifier, generate_uid(), sc.HAS_OBS_CONTEXT),
+        sc.code(codes.DCM.Finding, codes.SCT.AnatomicalStructure, sc.CONTAINS),
+    ]
+    items += [sc.code(site, c, sc.HAS_CONCEPT_MOD) for c in (_site_code(catalogue, l) for l in img.labels) if c]
+    items += [sc.text(codes.DCM.AlgorithmName, algorithm.model_name, sc.HAS_CONCEPT_MOD),
+              sc.text(codes.DCM.AlgorithmVersion, algorithm.model_version, sc.HAS_CONCEPT_MOD)]
+    items += [sc.text(codes.DCM.AlgorithmParameters, p, sc.HAS_CONCEPT_MOD) for p in algorithm.parameters]
+    for name, p in img.probabilities.items():
+        c = _site_code(catalogue, name)
+        if c is not None:  # a class without an anatomy code (Others) has no site to measure
+            items.append(sc.num(codes.DCM.Probability, float(p), codes.UCUM.NoUnits, sc.CONTAINS,
+                                [sc.code(site, c, sc.HAS_CONCEPT_MOD)]))
+    items.append(sc.image(codes.DCM.SourceOfMeasurement, img.sop_class_uid, img.sop_instance_uid,
+                          None if img.frame is None else [img.frame + 1], sc.CONTAINS))
+    return sc.container(codes.DCM.MeasurementGroup, items, sc.CONTAINS, template="1501")
+
+
+def report_root(algorithm: Algorithm) -> Dataset:
+    """The TID 1500 root without its Imaging Measurements: language, device observer, procedure."""
+    return sc.container(codes.DCM.ImagingMeasurementReport, [
+        sc.code(codes.DCM.LanguageOfContentItemAndDescendants, Code("en-US", "RFC5646", "English (United States)"),
+                sc.HAS_CONCEPT_MOD),
+        sc.code(codes.DCM.ObserverType, codes.DCM.Device, sc.HAS_OBS_CONTEXT),
+        sc.uidref(codes.DCM.DeviceObserverUID, algorithm.device_uid, sc.HAS_OBS_CONTEXT),
+        sc.text(codes.DCM.DeviceObserverName, MANUFACTURER, sc.HAS_OBS_CONTEXT),
+        sc.text(codes.DCM.DeviceObserverManufacturer, MANUFACTURER, sc.HAS_OBS_CONTEXT),
+        sc.text(codes.DCM.DeviceObserverModelName, algorithm.model_name, sc.HAS_OBS_CONTEXT),
+        sc.code(codes.DCM.ProcedureReported, RADIOGRAPHY, sc.HAS_CONCEPT_MOD),
+    ], template="1500")
 
 
 def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Dataset], algorithm: Algorithm,
                    catalogue: Catalogue, series_instance_uid: str | None = None) -> hd.sr.ComprehensiveSR:
-    """A TID 1500 Measurement Report over the images of one study."""
+    """A TID 1500 Measurement Report over the images of one study.
+
+    highdicom builds the document from the root items; the measurement groups (most of the
+    content) are added after, encoded by :mod:`.sr_content`, since highdicom would copy and
+    re-parse them (see there). The evidence check highdicom does on the tree is done here.
+    """
     if not images:
         raise ValueError("an SR needs at least one classified image")
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=algorithm.device_uid, name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=algorithm.model_name,
-        ),
-    )
-    groups = []
-    for n, img in enumerate(images, start=1):
-        measurements = []
-        for name, p in img.probabilities.items():
-            site = _site(catalogue, name)
-            if site is None:  # a class without an anatomy code (Others) has no site to measure
-                continue
-            measurements.append(hd.sr.Measurement(name=codes.DCM.Probability, value=float(p), unit=codes.UCUM.NoUnits,
-                                                  finding_sites=[site]))  # the group names the algorithm
-        sites = [s for s in (_site(catalogue, l) for l in img.labels) if s is not None]
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"Body part, image {n}"),
-            finding_type=codes.SCT.AnatomicalStructure,
-            algorithm_id=algorithm.identification(),
-            finding_sites=sites or None,
-            measurements=measurements or None,
-            source_images=[hd.sr.SourceImageForMeasurementGroup(
-                img.sop_class_uid, img.sop_instance_uid, None if img.frame is None else [img.frame + 1])],
-        ))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=RADIOGRAPHY,
-        imaging_measurements=groups,
-        title=codes.DCM.ImagingMeasurementReport,
-    )
-    return hd.sr.ComprehensiveSR(
-        evidence=list(evidence), specific_character_set="ISO_IR 192", content=report[0],
+    missing = {img.sop_instance_uid for img in images} - {str(e.SOPInstanceUID) for e in evidence}
+    if missing:
+        raise ValueError(f"no evidence for {len(missing)} referenced image(s): {sorted(missing)[:3]}")
+    sr = hd.sr.ComprehensiveSR(
+        evidence=list(evidence), specific_character_set="ISO_IR 192", content=report_root(algorithm),
         series_instance_uid=series_instance_uid or generate_uid(), series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
         series_description="Body part identification (AI, TID 1500)", is_complete=True,
         content_date=dt.date.today(), content_time=dt.datetime.now().time(),
     )
+    groups = [measurement_group(img, n, algorithm, catalogue) for n, img in enumerate(images, start=1)]
+    sr.ContentSequence.append(sc.container(codes.DCM.ImagingMeasurements, groups, sc.CONTAINS))
+    return sr
 
 
 def result_text(img: ReportedImage) -> str:
