@@ -7,7 +7,8 @@ warning, so we fall back to it frame by frame and record that a lenient decoder 
 
 The models need a few hundred pixels, and a JPEG 2000 code stream holds its image at every
 power-of-two resolution: decoding only the resolution levels that are needed (OpenJPEG through
-Pillow's ``reduce``) skips most of the work, 3-4x at half resolution (:func:`decode_reduced_jpeg2000`).
+Pillow's ``reduce``) skips most of the work, 3-4x at half resolution (:func:`decode_reduced_jpeg2000`);
+lossy JPEG likewise skips part of its inverse DCT at 1/2, 1/4 or 1/8 scale (:func:`decode_reduced_jpeg`).
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ _LENIENT_JPEG = {
 }
 
 
-#: JPEG 2000 and HTJ2K transfer syntaxes (OpenJPEG reads both).
+#: JPEG 2000 and HTJ2K transfer syntaxes (OpenJPEG reads both), by UID.
 JPEG2000_SYNTAXES = {
-    "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91",
-    "1.2.840.10008.1.2.4.201",
-    "1.2.840.10008.1.2.4.202",
-    "1.2.840.10008.1.2.4.203",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "HTJ2K",
+    "1.2.840.10008.1.2.4.202": "HTJ2K",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
 }
 
 logger = logging.getLogger(__name__)
@@ -154,29 +155,63 @@ def shrink_factor(shape: tuple[int, int], max_side: int | None) -> int:
     return math.ceil(max(shape) / max_side) if max_side else 1
 
 
-def decode_reduced_jpeg2000(ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels | None:
-    """Decode a grey JPEG 2000 image at the lowest resolution level still at least ``max_side``/2.
+#: Lossy JPEG processes whose 8-bit images libjpeg decodes at 1/2, 1/4 or 1/8 scale (DCT scaling).
+JPEG_DCT_SCALABLE = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"}
 
-    Returns ``None`` where this does not apply or fails (the full decoders then take the file):
-    not JPEG 2000, colour, signed, a Modality LUT table (it must see full-resolution values), an
-    image small enough already, or a code stream OpenJPEG's reduced decoding refuses.
+
+def full_resolution_reason(ds: pydicom.Dataset) -> str | None:
+    """Why pixel values must be decoded at full resolution before any LUT, or ``None``.
+
+    A decoder that shrinks while decoding (reduced resolution, the GPU path) averages stored
+    values; that commutes with linear rescaling and windowing, not with a Modality LUT table, and
+    signed values need the sign handling of the full decoders.
     """
-    if not max_side or str(transfer_syntax(ds)) not in JPEG2000_SYNTAXES:
-        return None
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or int(ds.get("PixelRepresentation", 0) or 0) != 0:
-        return None
+    if int(ds.get("PixelRepresentation", 0) or 0) != 0:
+        return "signed pixel values"
     if "ModalityLUTSequence" in ds:
+        return "Modality LUT table needs full-resolution values"
+    return None
+
+
+def reduction_level(shape: tuple[int, int], max_side: int | None) -> int:
+    """How many halvings a decoder may apply and still leave the longest side at least ``max_side``."""
+    factor = shrink_factor(shape, max_side)
+    return int(math.floor(math.log2(factor))) if factor > 1 else 0
+
+
+def decode_reduced(ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels | None:
+    """Decode a large grey image at reduced resolution where its code stream allows it.
+
+    JPEG 2000 at a lower resolution level (:func:`decode_reduced_jpeg2000`), 8-bit lossy JPEG
+    with DCT scaling (:func:`decode_reduced_jpeg`). Returns ``None`` where neither applies or the
+    decoder refuses; the full decoders then take the file.
+    """
+    if not max_side or int(ds.get("SamplesPerPixel", 1) or 1) != 1 or full_resolution_reason(ds):
         return None
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    factor = shrink_factor((rows, cols), max_side)
-    level = int(math.floor(math.log2(factor))) if factor > 1 else 0
+    level = reduction_level((int(ds.Rows), int(ds.Columns)), max_side)
     if level < 1:
         return None
+    ts = str(transfer_syntax(ds))
+    if ts in JPEG2000_SYNTAXES:
+        return decode_reduced_jpeg2000(ds, level)
+    if ts in JPEG_DCT_SCALABLE and int(ds.get("BitsAllocated", 8) or 8) == 8:
+        return decode_reduced_jpeg(ds, min(level, 3))
+    return None
+
+
+def _frames(ds: pydicom.Dataset):
+    return generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+
+
+def decode_reduced_jpeg2000(ds: pydicom.Dataset, level: int) -> DecodedPixels | None:
+    """Decode a grey unsigned JPEG 2000 image ``level`` resolution levels down (fewer where the
+    code stream has fewer), every frame at the same level; ``None`` where OpenJPEG refuses."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
     frames, levels_used = [], set()
     try:
         from PIL import Image
 
-        for stream in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)):
+        for stream in _frames(ds):
             precision, signed, levels = _j2k_header(stream)
             r = min(level, levels)
             levels_used.add(r)
@@ -190,8 +225,7 @@ def decode_reduced_jpeg2000(ds: pydicom.Dataset, max_side: int | None) -> Decode
                 arr = arr >> (16 - precision)  # Pillow scales samples up to 16 bits
             elif im.mode not in ("L", "I;16"):
                 return None
-            expected = (math.ceil(rows / 2**r), math.ceil(cols / 2**r))
-            if arr.shape != expected:
+            if arr.shape != (math.ceil(rows / 2**r), math.ceil(cols / 2**r)):
                 return None
             frames.append(arr)
     except Exception as e:  # OpenJPEG refuses some reduced decodes ("broken data stream"): full decode instead
@@ -200,6 +234,33 @@ def decode_reduced_jpeg2000(ds: pydicom.Dataset, max_side: int | None) -> Decode
     if not frames:
         return None
     return DecodedPixels(np.stack(frames), f"OpenJPEG via Pillow (JPEG 2000 at 1/{2**r} resolution)")
+
+
+def decode_reduced_jpeg(ds: pydicom.Dataset, level: int) -> DecodedPixels | None:
+    """Decode a grey 8-bit lossy JPEG image at 1/2**``level`` scale (libjpeg's scaled inverse DCT,
+    through Pillow's draft mode); ``None`` where the stream is not one libjpeg scales this way."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    expected = (math.ceil(rows / 2**level), math.ceil(cols / 2**level))
+    frames = []
+    try:
+        from PIL import Image
+
+        for stream in _frames(ds):
+            with Image.open(io.BytesIO(stream)) as im:
+                if im.mode != "L" or im.size != (cols, rows):
+                    return None
+                # Pillow picks the scale by floor division: ask for the floor, get libjpeg's ceiling
+                im.draft("L", (cols // 2**level, rows // 2**level))
+                arr = np.asarray(im)
+            if arr.shape != expected:
+                return None
+            frames.append(arr)
+    except Exception as e:
+        logger.debug("reduced JPEG decoding not used for SOP Instance %s: %s", ds.get("SOPInstanceUID"), short_reason(e))
+        return None
+    if not frames:
+        return None
+    return DecodedPixels(np.stack(frames), f"libjpeg via Pillow (JPEG at 1/{2**level} scale)")
 
 
 def _j2k_header(stream: bytes) -> tuple[int, bool, int]:

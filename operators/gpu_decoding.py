@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pydicom
 from pydicom.encaps import generate_frames
 
-from .decoding import DecodedPixels, transfer_syntax
+from .decoding import JPEG2000_SYNTAXES, DecodedPixels, full_resolution_reason, transfer_syntax
 from .outcome import short_reason
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,7 @@ GPU_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.4.50": "JPEG baseline",
     "1.2.840.10008.1.2.4.57": "JPEG lossless",
     "1.2.840.10008.1.2.4.70": "JPEG lossless",
-    "1.2.840.10008.1.2.4.90": "JPEG 2000",
-    "1.2.840.10008.1.2.4.91": "JPEG 2000",
-    "1.2.840.10008.1.2.4.201": "HTJ2K",
-    "1.2.840.10008.1.2.4.202": "HTJ2K",
-    "1.2.840.10008.1.2.4.203": "HTJ2K",
+    **JPEG2000_SYNTAXES,
 }
 
 MODES = ("auto", "on", "off")
@@ -53,13 +49,9 @@ def gpu_suitable(ds: pydicom.Dataset) -> str | None:
         return "transfer syntax not decoded on the GPU"
     if int(ds.get("SamplesPerPixel", 1) or 1) not in (1, 3):
         return "neither one nor three samples per pixel"
-    if int(ds.get("PixelRepresentation", 0) or 0) != 0:
-        return "signed pixel values"
     if int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16) > 16:
         return "more than 16 bits stored"
-    if "ModalityLUTSequence" in ds:
-        return "Modality LUT table needs full-resolution values"
-    return None
+    return full_resolution_reason(ds)
 
 
 def unavailable_reason() -> str | None:

@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
 
-from .decoding import DecodeError, decode_pixels, decode_reduced_jpeg2000, shrink_factor, transfer_syntax
+from .decoding import DecodeError, decode_pixels, decode_reduced, shrink_factor, transfer_syntax
 from .outcome import InputOutcome, Status, short_reason
 
 #: Plain radiography: what the models are for.
@@ -365,7 +365,7 @@ def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAU
 
     ``gpu``, an :class:`operators.gpu_decoding.GpuDecoder`, decodes and shrinks the JPEG 2000 and
     JPEG files it can on the GPU; ``reduced_resolution`` lets the CPU decode large grey JPEG 2000
-    images at a lower resolution level (:func:`operators.decoding.decode_reduced_jpeg2000`); the
+    and 8-bit lossy JPEG images at reduced resolution (:func:`operators.decoding.decode_reduced`); the
     full CPU decoders take everything else. Never raises for bad input: the returned outcome
     names the reason.
     """
@@ -378,7 +378,7 @@ def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAU
         if reason:
             return FileRead([], _outcome(source, ds, Status.SKIPPED, reason))
         decoded = ((gpu.try_decode(ds, max_side) if gpu is not None else None)
-                   or (decode_reduced_jpeg2000(ds, max_side) if reduced_resolution else None)
+                   or (decode_reduced(ds, max_side) if reduced_resolution else None)
                    or decode_pixels(ds))
         modality = str(ds.Modality).upper()
         images = []

@@ -83,3 +83,25 @@ def minimal(modality: str = "DX", rows: int = 64, cols: int = 48, **attrs) -> py
     for key, value in attrs.items():
         setattr(out, key, value)
     return out
+
+
+def as_jpeg_baseline(ds: pydicom.Dataset, grey: np.ndarray, quality: int = 90) -> pydicom.Dataset:
+    """A copy of ``ds`` holding ``grey`` (floats in [0, 1]) as an 8-bit MONOCHROME2 JPEG baseline
+    image (process 1), the lossy form many archives store radiographs in."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    pixels = np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
+    out = with_pixels(ds, pixels, BitsStored=8, HighBit=7, PhotometricInterpretation="MONOCHROME2",
+                      RescaleSlope=None, RescaleIntercept=None, WindowCenter=None, WindowWidth=None,
+                      VOILUTSequence=None, ModalityLUTSequence=None, PresentationLUTShape=None)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=quality)
+    out.PixelData = encapsulate([buf.getvalue()])
+    out["PixelData"].VR = "OB"
+    out.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    out.LossyImageCompression = "01"
+    return out
