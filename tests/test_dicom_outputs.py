@@ -169,18 +169,32 @@ def test_invalid_source_uid_is_left_out_of_the_sr_with_a_reason(written):
     assert "sr" not in o.details["outputs"] and "not a valid UID" in o.details["sr_reason"]
 
 
-def test_reports_built_in_worker_processes_match_the_serial_ones(corpus, corpus_labels, written, tmp_path, caplog):
+def test_reports_built_in_worker_processes_match_the_serial_ones(corpus, corpus_labels, written, tmp_path, caplog,
+                                                                monkeypatch):
     """Many studies: SRs come from a process pool, with progress in the log, and say the same."""
     import logging
+
+    from operators import dicom_outputs
+
+    monkeypatch.setattr(dicom_outputs, "POOL_FROM_STUDIES", 8)  # the corpus has 20 studies, not 50
+    pools = []
+
+    class CountedPool(dicom_outputs.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(kwargs.get("max_workers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(dicom_outputs, "ProcessPoolExecutor", CountedPool)
 
     names = sorted(corpus_labels)
     outputs = DicomOutputs(tmp_path, ALGORITHM, CAT, corrected=False, workers=2)
     for name in names:
         (r,) = read_file(corpus / name, corpus).radiographs
         outputs.add([r], [classified_outcome(r, _double(corpus_labels[name]), MODEL, CAT)])
-    assert len(outputs.studies) >= 8  # enough for the pool (4 per worker)
+    assert len(outputs.studies) >= 8  # enough for the pool
     caplog.set_level(logging.INFO, logger="bodypart")
     parallel = outputs.close()
+    assert pools == [2]
     _, _, serial = written
     assert [p.name for p in parallel] == [p.name for p in sorted(serial)]
     for a, b in zip(parallel, sorted(serial)):
