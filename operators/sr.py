@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import highdicom as hd
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
@@ -118,9 +119,9 @@ def _site_code(catalogue: Catalogue, name: str) -> Code | None:
     return Code(term.sct_code, SCT, term.sct_meaning) if term.sct_code else None
 
 
-def measurement_group(img: ReportedImage, n: int, algorithm: Algorithm, catalogue: Catalogue) -> Dataset:
-    """TID 1501 Measurement Group of one image: finding sites of its labels, one probability per
-    known class (each with its site), the algorithm, the source image."""
+def measurement_group(img: ReportedImage, n: int, algorithm: Algorithm, catalogue: Catalogue) -> bytes:
+    """TID 1501 Measurement Group of one image, encoded: finding sites of its labels, one
+    probability per known class (each with its site), the algorithm, the source image."""
     site = codes.SCT.FindingSite
     items = [
         sc.text(codes.DCM.TrackingIdentifier, f"Body part, image {n}", sc.HAS_OBS_CONTEXT),
@@ -141,9 +142,9 @@ def measurement_group(img: ReportedImage, n: int, algorithm: Algorithm, catalogu
     return sc.container(codes.DCM.MeasurementGroup, items, sc.CONTAINS, template="1501")
 
 
-def report_root(algorithm: Algorithm) -> Dataset:
-    """The TID 1500 root without its Imaging Measurements: language, device observer, procedure."""
-    return sc.container(codes.DCM.ImagingMeasurementReport, [
+def root_items(algorithm: Algorithm) -> list[bytes]:
+    """The TID 1500 root's items before its Imaging Measurements: language, device observer, procedure."""
+    return [
         sc.code(codes.DCM.LanguageOfContentItemAndDescendants, Code("en-US", "RFC5646", "English (United States)"),
                 sc.HAS_CONCEPT_MOD),
         sc.code(codes.DCM.ObserverType, codes.DCM.Device, sc.HAS_OBS_CONTEXT),
@@ -152,32 +153,81 @@ def report_root(algorithm: Algorithm) -> Dataset:
         sc.text(codes.DCM.DeviceObserverManufacturer, MANUFACTURER, sc.HAS_OBS_CONTEXT),
         sc.text(codes.DCM.DeviceObserverModelName, algorithm.model_name, sc.HAS_OBS_CONTEXT),
         sc.code(codes.DCM.ProcedureReported, RADIOGRAPHY, sc.HAS_CONCEPT_MOD),
-    ], template="1500")
+    ]
+
+
+@dataclass
+class EncodedReport:
+    """An SR document whose Content Sequence is encoded already.
+
+    ``document`` is highdicom's (patient, study, evidence, SR document modules) with the root's
+    first items only; ``content`` is the whole encoded Content Sequence, written in its place.
+    Content Sequence (0040,A730) is the document's last top-level attribute, so the file is
+    pydicom's encoding of the document followed by that one element.
+    """
+
+    document: hd.sr.ComprehensiveSR
+    content: list[bytes]
+
+    def __post_init__(self) -> None:
+        tag = self.document["ContentSequence"].tag
+        later = [t for t in self.document.keys() if t > tag]
+        if later:
+            raise ValueError(f"attributes after Content Sequence: {later}")
+        if self.document.file_meta.TransferSyntaxUID != pydicom.uid.ExplicitVRLittleEndian:
+            raise ValueError("encoded content is explicit VR little endian; the document is not")
+
+    def save_as(self, target, enforce_file_format: bool = True) -> None:
+        """Write a DICOM Part 10 file (``target``: a path or a binary file object)."""
+        if not enforce_file_format:
+            raise ValueError("an SR is always written as a Part 10 file")
+        if isinstance(target, (str, Path)):
+            with open(target, "wb") as fh:
+                self._write(fh)
+        else:
+            self._write(target)
+
+    def _write(self, fh) -> None:
+        root = self.document["ContentSequence"]  # the root's first items, as highdicom saw them
+        del self.document.ContentSequence
+        try:
+            self.document.save_as(fh, enforce_file_format=True)
+        finally:
+            self.document["ContentSequence"] = root
+        fh.write(sc.element("ContentSequence", self.content))
+
+    def dataset(self) -> pydicom.Dataset:
+        """The document as a reader of the file sees it."""
+        buf = io.BytesIO()
+        self.save_as(buf)
+        buf.seek(0)
+        return pydicom.dcmread(buf)
 
 
 def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Dataset], algorithm: Algorithm,
-                   catalogue: Catalogue, series_instance_uid: str | None = None) -> hd.sr.ComprehensiveSR:
+                   catalogue: Catalogue, series_instance_uid: str | None = None) -> EncodedReport:
     """A TID 1500 Measurement Report over the images of one study.
 
-    highdicom builds the document from the root items; the measurement groups (most of the
-    content) are added after, encoded by :mod:`.sr_content`, since highdicom would copy and
-    re-parse them (see there). The evidence check highdicom does on the tree is done here.
+    highdicom builds the document from the root's first items; the Imaging Measurements (most
+    of the content) are encoded by :mod:`.sr_content` and written after it. The evidence check
+    highdicom does on the content tree is done here.
     """
     if not images:
         raise ValueError("an SR needs at least one classified image")
     missing = {img.sop_instance_uid for img in images} - {str(e.SOPInstanceUID) for e in evidence}
     if missing:
         raise ValueError(f"no evidence for {len(missing)} referenced image(s): {sorted(missing)[:3]}")
+    first = root_items(algorithm)
     sr = hd.sr.ComprehensiveSR(
-        evidence=list(evidence), specific_character_set="ISO_IR 192", content=report_root(algorithm),
+        evidence=list(evidence), specific_character_set="ISO_IR 192",
+        content=sc.as_dataset(sc.container(codes.DCM.ImagingMeasurementReport, first, template="1500")),
         series_instance_uid=series_instance_uid or generate_uid(), series_number=SERIES_NUMBER,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
         series_description="Body part identification (AI, TID 1500)", is_complete=True,
         content_date=dt.date.today(), content_time=dt.datetime.now().time(),
     )
     groups = [measurement_group(img, n, algorithm, catalogue) for n, img in enumerate(images, start=1)]
-    sr.ContentSequence.append(sc.container(codes.DCM.ImagingMeasurements, groups, sc.CONTAINS))
-    return sr
+    return EncodedReport(sr, first + [sc.container(codes.DCM.ImagingMeasurements, groups, sc.CONTAINS)])
 
 
 def result_text(img: ReportedImage) -> str:
