@@ -36,7 +36,7 @@ from operators.gpu_decoding import GpuDecoder  # noqa: E402
 from operators.model_package import load_package  # noqa: E402
 from operators.networks import create_network  # noqa: E402
 from operators.radiograph import iter_input_files, read_file  # noqa: E402
-from operators.results import ModelInfo, ResultsWriter  # noqa: E402
+from operators.results import ModelInfo, ResultsWriter, classified_outcome  # noqa: E402
 
 
 def machine() -> dict:
@@ -197,6 +197,45 @@ def _mean_s_per_file(decode_stage: dict) -> float:
     return sum(d["s_per_image"] * d["files"] for d in decode_stage.values()) / max(files, 1)
 
 
+def bench_stages(ensemble: Ensemble, corpus: Path, out: Path, dicom_outputs: bool = True) -> dict:
+    """The stages after reading, one process, on the corpus' images: preprocessing (square +
+    normalise), members (one batch of all), stacker, and each writer, in ms per image (SRs per study)."""
+    pre, cat = ensemble.package.preprocessing, Catalogue.default()
+    model = ModelInfo.of(ensemble)
+    reads = [r for p in iter_input_files(corpus) for r in read_file(p, corpus, max_side=pre.max_side).radiographs]
+    n = len(reads)
+    t = time.perf_counter()
+    x = pre.normalise(torch.stack([pre.square(r.image) for r in reads]))
+    ms = {"preprocess": (time.perf_counter() - t) * 1000 / n}
+    predictions = ensemble.predict(x)  # also the warm-up
+    t = time.perf_counter()
+    members = ensemble.member_probabilities(x)
+    ms["members"] = (time.perf_counter() - t) * 1000 / n
+    t = time.perf_counter()
+    ensemble.stacker.predict(members)
+    ms["stacker"] = (time.perf_counter() - t) * 1000 / n
+    outcomes = [classified_outcome(r, p, model, cat) for r, p in zip(reads, predictions)]
+    writer = ResultsWriter(out, {"input": str(corpus)})
+    t = time.perf_counter()
+    writer.add(outcomes)
+    writer.close()
+    ms["results.json"] = (time.perf_counter() - t) * 1000 / n
+    if dicom_outputs:
+        from operators.dicom_outputs import DicomOutputs
+        from operators.sr import Algorithm
+
+        p = ensemble.package
+        outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat)
+        t = time.perf_counter()
+        outputs.add(reads, outcomes)
+        ms["corrected copies"] = (time.perf_counter() - t) * 1000 / n
+        studies = len(outputs.studies)
+        t = time.perf_counter()
+        outputs.close()
+        ms["SR pair, per study"] = (time.perf_counter() - t) * 1000 / max(studies, 1)
+    return {"images": n, "ms_per_image": ms}
+
+
 def bench_study_latency(ensemble: Ensemble, corpus: Path, tmp: Path, batch: int, dicom_outputs: bool = True,
                         decode: DecodeOptions = DecodeOptions()) -> dict:
     """Per study (files grouped by Study Instance UID): warm process, study in -> results written."""
@@ -284,6 +323,7 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
         extra = ["densenet121", "resnet101", "inception_v4"] if args.study_members else []
         report["ceiling"] = bench_members(ensemble, sizes, args.batch, extra)
+        report["stages"] = bench_stages(ensemble, args.corpus, tmp / "stages_out", not args.no_dicom_outputs)
         n = link_inputs(args.corpus, args.repeat, tmp / "inputs")
         report["end_to_end"] = bench_pipeline(ensemble, tmp / "inputs", tmp / "e2e_out", args.batch, args.workers,
                                               dicom_outputs=not args.no_dicom_outputs, decode=decode)
@@ -323,6 +363,10 @@ def table(r: dict, size: int) -> str:
     for s, row in r["ceiling"].items():
         for name, rate in row.items():
             add(f"members only @{s}px: {name}", f"{rate:.1f} img/s")
+    if "stages" in r:
+        lines.append(f"after reading, one process ({r['stages']['images']} corpus images):")
+        for k, v in r["stages"]["ms_per_image"].items():
+            add(f"  {k}" + ("" if "per study" in k else ", per image"), f"{v:.2f} ms" if v < 1 else f"{v:.1f} ms")
     e = r["end_to_end"]
     how = ", GPU decoding" if r.get("gpu_decode") else ""
     how += ", reduced-resolution JPEG 2000" if r.get("reduced_decode") else ""
