@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session (the device tool's H100/H200, no network): train the default package, check CUDA
 # against CPU, benchmark, then evaluate generalisation on held-out sources and train the study's
-# members, as time allows; phase 5 checks and benchmarks nvImageCodec GPU decoding. Inputs travel
+# members, as time allows; phase 5 checks and benchmarks nvImageCodec GPU decoding, phase 6 measures
+# what batching decode calls in one process buys (benchmarks/gpu_decode_batching.py). Inputs travel
 # in ignored folders: .device/data (the shared training set and the small DICOMs of the corpus),
 # .device/weights (ImageNet EfficientNet-Lite, converted to timm names), .whl (cp312 wheels of what
 # the GPU image lacks; for phase 5 also nvidia-nvimgcodec-cu13, nvidia-nvjpeg2k-cu13 and
@@ -36,7 +37,7 @@ collect() {  # copy what exists so far into $OUT (8 files at most come back)
     cp runs/default/package/stackers/*.json "$OUT/pkg/stackers/"
     cp runs/default/package/docs/model_card.md "$OUT/pkg/docs/"
   fi
-  tar czf "$OUT/reports.tar.gz" --exclude='*.pt' --exclude='package' runs bench*.json cuda_check.json pytest*.log 2>/dev/null || true
+  tar czf "$OUT/reports.tar.gz" --exclude='*.pt' --exclude='package' runs bench*.json cuda_check.json gpu_batching.json pytest*.log 2>/dev/null || true
 }
 
 PHASES=${PHASES:-1234}
@@ -77,6 +78,12 @@ if [[ $PHASES == *5* ]]; then
     timeout $limit python3 benchmarks/run.py --models app/models/default --corpus "${SHARED:-.device/shared}/data/dicom" \
       --device "$DEVICE" --repeat "${REPEAT:-40}" --workers 16 --sizes 224 --no-dicom-outputs --gpu-decode $mode --out bench_gpu_decode_$mode.json
   done
+  collect
+fi
+if [[ $PHASES == *6* ]]; then
+  echo "== phase 6: nvImageCodec decode calls batched in one process ($(left) s left)"
+  timeout $(( $(left) - 10 )) python3 benchmarks/gpu_decode_batching.py --corpus "${SHARED:-.device/shared}/data/dicom" \
+    --copies "${COPIES:-20}" --out gpu_batching.json
   collect
 fi
 echo "== done ($(left) s left)"
