@@ -36,6 +36,12 @@ _LENIENT_JPEG = {
 }
 
 
+#: JPEG lossless (process 14): libjpeg-turbo 3 through imagecodecs decodes it 2.9-4x faster than
+#: GDCM (pydicom's first choice), bit for bit the same on the corpus; both decode truncated code
+#: streams as far as they go, so neither is stricter.
+_LOSSLESS_JPEG = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+
+
 #: JPEG 2000 and HTJ2K transfer syntaxes (OpenJPEG reads both), by UID.
 JPEG2000_SYNTAXES = {
     "1.2.840.10008.1.2.4.90": "JPEG 2000",
@@ -96,6 +102,9 @@ def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
         raise DecodeError("no Pixel Data")
     ts = transfer_syntax(ds)
     frames_expected = int(ds.get("NumberOfFrames", 1) or 1)
+    fast = _lossless_jpeg(ds, ts, frames_expected)
+    if fast is not None:
+        return fast
     try:
         # With a lenient fallback at hand, the strict plugins' tracebacks are noise, not news.
         with _quiet(logging.getLogger("pydicom")) if ts in _LENIENT_JPEG else nullcontext():
@@ -105,7 +114,7 @@ def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
     except Exception as strict_error:  # the plugins raise many types; we report the message
         if ts in _LENIENT_JPEG:
             try:
-                return DecodedPixels(_lenient_jpeg(ds, frames_expected), "imagecodecs libjpeg-turbo (lenient)", True)
+                return DecodedPixels(_libjpeg_turbo(ds, frames_expected), "imagecodecs libjpeg-turbo (lenient)", True)
             except Exception as lenient_error:
                 raise DecodeError(
                     f"{ts.name}: strict decoders failed ({short_reason(strict_error)}); "
@@ -160,7 +169,21 @@ def _with_frame_axis(arr: np.ndarray, ds: pydicom.Dataset, frames: int) -> np.nd
     return arr[np.newaxis] if arr.ndim == single_ndim else arr
 
 
-def _lenient_jpeg(ds: pydicom.Dataset, frames_expected: int) -> np.ndarray:
+def _lossless_jpeg(ds: pydicom.Dataset, ts: UID, frames_expected: int) -> DecodedPixels | None:
+    """Grey unsigned JPEG lossless through libjpeg-turbo; ``None`` where that does not apply or
+    fails (pydicom's plugins then decode it)."""
+    if str(ts) not in _LOSSLESS_JPEG or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    if int(ds.get("PixelRepresentation", 0) or 0) != 0:
+        return None  # pydicom's decoders apply the sign
+    try:
+        return DecodedPixels(_libjpeg_turbo(ds, frames_expected), "imagecodecs libjpeg-turbo (JPEG lossless)")
+    except Exception as e:  # noqa: BLE001 - the plugins get their turn
+        logger.debug("libjpeg-turbo could not decode SOP Instance %s: %s", ds.get("SOPInstanceUID"), short_reason(e))
+        return None
+
+
+def _libjpeg_turbo(ds: pydicom.Dataset, frames_expected: int) -> np.ndarray:
     import imagecodecs  # optional heavy import, only on this path
 
     decoded = []
