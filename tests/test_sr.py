@@ -98,3 +98,19 @@ def test_report_refuses_images_without_evidence(study):
     stray = ReportedImage(**{**images[0].__dict__, "sop_instance_uid": generate_uid()})
     with pytest.raises(ValueError, match="no evidence"):
         tid1500_report([*images, stray], evidence, ALGORITHM, CAT)
+
+
+def test_encoded_items_read_back_with_padding_utf8_and_limits():
+    from pydicom.sr.coding import Code
+
+    from operators import sr_content as sc
+
+    name = Code("121071", "DCM", "Finding")
+    item = sc.as_dataset(sc.text(name, "Körper, Hand 97%", sc.CONTAINS))  # odd UTF-8 length: padded
+    assert item.TextValue == "Körper, Hand 97%" and item.ValueType == "TEXT"
+    assert item.ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+    ref = sc.as_dataset(sc.image(name, "1.2.840.10008.5.1.4.1.1.1", "1.2.3", [1, 12], sc.CONTAINS))
+    assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "1.2.3"  # odd UI: null-padded, read back bare
+    assert list(ref.ReferencedSOPSequence[0].ReferencedFrameNumber) == [1, 12]
+    with pytest.raises(ValueError, match="longer than LO"):
+        sc.code_item(Code("1", "DCM", "x" * 65))
