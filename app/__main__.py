@@ -17,6 +17,9 @@ def _raise_stack_limit() -> None:
 
 def main() -> int:
     _raise_stack_limit()
+    from operators.processes import start_early
+
+    start_early()  # the reader processes' imports run while MONAI's do here
     from operators.report import setup_logging
 
     setup_logging()

@@ -8,7 +8,6 @@ however large the folder is, and each worker returns only small preprocessed ten
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,6 +21,7 @@ import torch
 from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecoder, resolve_mode
 from .outcome import InputOutcome
 from .preprocessing import Preprocessing
+from .processes import worker_context
 from .radiograph import Radiograph, iter_input_files, read_file
 
 #: Inputs this small are read in the calling process (a reader pool costs seconds to start).
@@ -101,12 +101,8 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
         return
     decode = replace(decode, gpu=resolve_mode(decode.gpu))  # decided here, once, not in every reader
     # Workers each get one intra-op thread: parallelism comes from the processes.
-    # forkserver: forking a process that already runs Holoscan and torch threads can deadlock.
-    # Readers fork from a server that imported this module (torch, pydicom, decoders) once, so
-    # they start without importing again: 3.2 -> 2.4 s to the first image with 2 readers here.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(decode.gpu,), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(decode.gpu,),
+                             mp_context=worker_context()) as pool:
         pending: deque[Future] = deque()
         limit = workers * 4
         for path in files:

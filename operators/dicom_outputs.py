@@ -4,7 +4,6 @@ and a TID 1500 SR plus a plain-text SR per study (``OUT/sr/``) when the run ends
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -14,6 +13,7 @@ from typing import Sequence
 from .catalogue import Catalogue
 from .corrected_tags import corrected_dataset, write_corrected
 from .outcome import InputOutcome, Status
+from .processes import worker_context
 from .radiograph import Radiograph
 from .sr import Algorithm, ReportedImage, evidence_header, referenceable, text_report, tid1500_report
 
@@ -124,8 +124,7 @@ class DicomOutputs:
 
         args = (self.output_dir, self.algorithm, self.catalogue)
         if workers > 1 and len(jobs) >= POOL_FROM_STUDIES:
-            context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
                 futures = [pool.submit(write_study_reports, *job, *args) for job in jobs]
                 for done, future in enumerate(as_completed(futures), 1):
                     collect(done, future.result())

@@ -35,3 +35,16 @@ def test_a_small_study_is_read_without_starting_processes(corpus, tmp_path):
     first = next(it)
     assert multiprocessing.active_children() == []
     assert [first[0].source, *(i.source for i, _ in it)] == sorted(names)
+
+
+def test_workers_inherit_the_input_stage_from_the_forkserver():
+    """Readers and SR workers fork from a server that imported the input stage once."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from operators.processes import loaded_modules, start_early, worker_context
+
+    start_early()
+    with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
+        inherited = pool.submit(loaded_modules).result()
+    # unpickling the probe imports operators.processes alone; the rest came with the fork
+    assert "operators.batching" in inherited and "operators.radiograph" in inherited
