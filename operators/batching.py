@@ -22,10 +22,14 @@ from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecoder, resolve_mode
 from .outcome import InputOutcome
 from .preprocessing import Preprocessing
 from .processes import worker_context
-from .radiograph import Radiograph, iter_input_files, read_file
+from .radiograph import Radiograph, iter_input_files, read_files
 
 #: Inputs this small are read in the calling process (a reader pool costs seconds to start).
 IN_PROCESS_UP_TO = 8
+
+#: Files a reader decodes in one GPU call when decoding on the GPU: one image per call leaves
+#: the GPU mostly idle, and each reader's CUDA context gets the GPU only in turn.
+GPU_FILES_PER_CALL = 8
 
 #: Per reader process: its own GPU decoder (a CUDA context cannot cross processes). Set once by
 #: :func:`_worker_init`; never used in the parent process.
@@ -73,13 +77,17 @@ def default_workers() -> int:
     return max(1, min(n, 16))
 
 
-def prepare_file(path: Path, root: Path, preprocessing: Preprocessing, gpu: GpuDecoder | None = None,
-                 reduced_resolution: bool = True) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
-    """Read one file and preprocess its radiographs: what a worker does (picklable in and out)."""
-    read = read_file(path, root, max_side=preprocessing.max_side, gpu=gpu, reduced_resolution=reduced_resolution)
-    if read.outcome is not None:
-        return [(read.outcome, None)]
-    return [(replace(r, image=r.image[:0, :0]), preprocessing.square(r.image)) for r in read.radiographs]
+def prepare_files(paths: list[Path], root: Path, preprocessing: Preprocessing, gpu: GpuDecoder | None = None,
+                  reduced_resolution: bool = True) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
+    """Read files (their GPU-suitable pixel data in one batch) and preprocess their radiographs:
+    what a worker does (picklable in and out)."""
+    out: list[tuple[Radiograph | InputOutcome, torch.Tensor | None]] = []
+    for read in read_files(paths, root, max_side=preprocessing.max_side, gpu=gpu, reduced_resolution=reduced_resolution):
+        if read.outcome is not None:
+            out.append((read.outcome, None))
+        else:
+            out += [(replace(r, image=r.image[:0, :0]), preprocessing.square(r.image)) for r in read.radiographs]
+    return out
 
 
 def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
@@ -88,7 +96,8 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
 
     Inputs of at most :data:`IN_PROCESS_UP_TO` files are read in this process whatever ``workers``
     says, and a pool never has more processes than files: starting a reader costs about as much
-    as decoding several radiographs (imports), which a one-study run should not pay.
+    as decoding several radiographs (imports), which a one-study run should not pay. With GPU
+    decoding a reader takes :data:`GPU_FILES_PER_CALL` files at a time, decoded in one GPU call.
     """
     files = iter_input_files(root)
     head = list(islice(files, max(workers, IN_PROCESS_UP_TO) + 1))  # a bounded peek, not a listing
@@ -96,21 +105,27 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
     files = chain(head, files)
     if workers <= 0:
         gpu = GpuDecoder.create(decode.gpu)
-        for path in files:
-            yield from prepare_file(path, root, preprocessing, gpu, decode.reduced_resolution)
+        for chunk in _chunks(files, GPU_FILES_PER_CALL if gpu else 1):
+            yield from prepare_files(chunk, root, preprocessing, gpu, decode.reduced_resolution)
         return
     decode = replace(decode, gpu=resolve_mode(decode.gpu))  # decided here, once, not in every reader
+    per_task = 1 if decode.gpu == "off" else GPU_FILES_PER_CALL
     # Workers each get one intra-op thread: parallelism comes from the processes.
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(decode.gpu,),
                              mp_context=worker_context()) as pool:
         pending: deque[Future] = deque()
-        limit = workers * 4
-        for path in files:
-            pending.append(pool.submit(_prepare_in_worker, path, root, preprocessing, decode.reduced_resolution))
+        limit = workers * (4 if per_task == 1 else 2)  # tasks in flight per worker: reads ahead, bounded
+        for chunk in _chunks(files, per_task):
+            pending.append(pool.submit(_prepare_in_worker, chunk, root, preprocessing, decode.reduced_resolution))
             if len(pending) >= limit:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+
+
+def _chunks(items: Iterator[Path], n: int) -> Iterator[list[Path]]:
+    while chunk := list(islice(items, n)):
+        yield chunk
 
 
 def _worker_init(gpu_decode: str = "off") -> None:
@@ -118,8 +133,8 @@ def _worker_init(gpu_decode: str = "off") -> None:
     _WORKER_GPU[0] = GpuDecoder.create(gpu_decode)
 
 
-def _prepare_in_worker(path: Path, root: Path, preprocessing: Preprocessing, reduced_resolution: bool):
-    return prepare_file(path, root, preprocessing, _WORKER_GPU[0], reduced_resolution)
+def _prepare_in_worker(paths: list[Path], root: Path, preprocessing: Preprocessing, reduced_resolution: bool):
+    return prepare_files(paths, root, preprocessing, _WORKER_GPU[0], reduced_resolution)
 
 
 def iter_batches(root: Path, preprocessing: Preprocessing, batch_size: int = 16, workers: int = 0,

@@ -14,6 +14,7 @@ GPU decoder refuses, goes through the CPU decoders of :mod:`operators.decoding` 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pydicom
@@ -130,49 +131,65 @@ class GpuDecoder:
         logger.info("GPU decoding off: %s", reason)
         return None
 
-    def decode(self, ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels:
-        """Decode every frame of ``ds`` on the GPU and average it down to ``max_side`` there.
+    def decode_many(self, datasets: list[pydicom.Dataset], max_side: int | None) -> list[DecodedPixels | None]:
+        """Decode every frame of every suitable dataset in one nvImageCodec call per colour kind
+        (a batch fills the GPU; single images leave it mostly idle), averaged down to ``max_side``
+        on the GPU. ``None`` for a dataset that is not :func:`gpu_suitable` or that the GPU refused
+        or gave at the wrong size: the caller decodes that one on the CPU. Never raises.
 
         The frames come back as float32 stored values (no LUT applied; colour as RGB), already
         shrunk as :func:`operators.radiograph.area_downsample` would have shrunk them on the CPU.
-
-        Raises
-        ------
-        RuntimeError
-            The GPU decoder refused the data or gave an image of the wrong size; the caller falls
-            back to the CPU decoders.
         """
+        out: list[DecodedPixels | None] = [None] * len(datasets)
+        jobs: dict[bool, list[tuple[int, list[bytes], tuple[int, ...]]]] = {False: [], True: []}  # colour -> jobs
+        for i, ds in enumerate(datasets):
+            if gpu_suitable(ds) is not None:
+                continue
+            try:
+                streams = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+            except Exception as e:  # noqa: BLE001 - the CPU decoders will say what is wrong
+                logger.debug("no GPU decoding for SOP Instance %s: %s", ds.get("SOPInstanceUID"), short_reason(e))
+                continue
+            rows, cols, samples = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1) or 1)
+            jobs[samples != 1].append((i, streams, (rows, cols) if samples == 1 else (rows, cols, samples)))
+        for colour, todo in jobs.items():
+            if todo:
+                self._decode_batch(datasets, todo, colour, max_side, out)
+        return out
+
+    def _decode_batch(self, datasets, todo, colour: bool, max_side: int | None, out: list) -> None:
         import torch
 
         from .radiograph import pool_to_side
 
-        n = int(ds.get("NumberOfFrames", 1) or 1)
-        streams = list(generate_frames(ds.PixelData, number_of_frames=n))
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        shape = (rows, cols) if samples == 1 else (rows, cols, samples)
-        with torch.cuda.device(self.device):
-            images = self.decoder.decode(streams, params=self.grey_params if samples == 1 else self.colour_params)
-            frames = []
-            for i, image in enumerate(images):
-                if image is None:
-                    raise RuntimeError(f"nvImageCodec could not decode frame {i + 1}")
-                t = torch.from_dlpack(image)
-                if t.ndim == 3 and t.shape[-1] == 1:
-                    t = t[..., 0]
-                if tuple(t.shape) != shape:
-                    raise RuntimeError(f"decoded shape {tuple(t.shape)} differs from the header's {shape}")
-                frames.append(pool_to_side(t.float(), max_side))
-            out = torch.stack(frames).cpu().numpy()
-        name = GPU_TRANSFER_SYNTAXES[str(transfer_syntax(ds))]
-        return DecodedPixels(out, f"nvImageCodec GPU ({name})")
+        streams = [s for _, frames, _ in todo for s in frames]
+        try:
+            with torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext():
+                images = iter(self.decoder.decode(streams, params=self.colour_params if colour else self.grey_params))
+                for i, frames, shape in todo:
+                    pooled, ok = [], True
+                    for _ in frames:  # consume this dataset's images even after a bad one
+                        image = next(images)
+                        if image is None or not ok:
+                            ok = False
+                            continue
+                        t = torch.from_dlpack(image)
+                        if t.ndim == 3 and t.shape[-1] == 1:
+                            t = t[..., 0]
+                        if tuple(t.shape) != shape:
+                            ok = False
+                            continue
+                        pooled.append(pool_to_side(t.float(), max_side))
+                    if ok:
+                        name = GPU_TRANSFER_SYNTAXES[str(transfer_syntax(datasets[i]))]
+                        out[i] = DecodedPixels(torch.stack(pooled).cpu().numpy(), f"nvImageCodec GPU ({name})")
+                    else:
+                        logger.debug("GPU decoding refused SOP Instance %s: CPU fallback", datasets[i].get("SOPInstanceUID"))
+        except Exception as e:  # noqa: BLE001 - the whole call failed: every file of it goes to the CPU
+            logger.debug("GPU batch decoding failed (%d files), CPU fallback: %s", len(todo), short_reason(e))
+            for i, _, _ in todo:
+                out[i] = None
 
     def try_decode(self, ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels | None:
-        """:meth:`decode` where :func:`gpu_suitable`, else (or when the GPU refuses) ``None``."""
-        if gpu_suitable(ds) is not None:
-            return None
-        try:
-            return self.decode(ds, max_side)
-        except Exception as e:  # the CPU decoders will say what is wrong with the data, if anything
-            logger.debug("GPU decoding failed for SOP Instance %s, CPU fallback: %s", ds.get("SOPInstanceUID"), short_reason(e))
-            return None
+        """One dataset through :meth:`decode_many`."""
+        return self.decode_many([ds], max_side)[0]

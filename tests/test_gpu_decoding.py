@@ -13,7 +13,7 @@ import torch
 from operators.batching import DecodeOptions, iter_batches
 from operators.gpu_decoding import GpuDecodeUnavailable, GpuDecoder, gpu_suitable
 from operators.preprocessing import Preprocessing
-from operators.radiograph import area_downsample, pool_to_side, read_dataset, read_file
+from operators.radiograph import area_downsample, pool_to_side, read_dataset, read_file, read_files
 
 
 def _nvimgcodec_present() -> bool:
@@ -90,3 +90,113 @@ def test_gpu_decoded_images_match_the_cpu_decoders(corpus):
                 assert np.abs(a.image - b.image).max() < 0.02, (path.name, b.info.decoder)
                 assert np.abs(a.image - b.image).mean() < 0.002, (path.name, b.info.decoder)
     assert used >= 15  # every JPEG 2000 and JPEG lossless radiograph of the corpus
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched GPU decoding, with nvImageCodec's decoder replaced by one that hands back the CPU
+# decoders' frames: the batching, splitting and fallback logic runs here; the GPU machine runs
+# the real decoder (test above).
+
+
+class CpuBackedDecoder:
+    """nvimgcodec.Decoder's ``decode(streams, params)`` over known frames; records each call."""
+
+    def __init__(self, datasets, refuse: bytes | None = None, fail: bool = False):
+        from pydicom.encaps import generate_frames
+
+        from operators.decoding import decode_pixels
+
+        self.frames, self.calls, self.refuse, self.fail = {}, [], refuse, fail
+        for ds in datasets:
+            n = int(ds.get("NumberOfFrames", 1) or 1)
+            if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+                for stream, frame in zip(generate_frames(ds.PixelData, number_of_frames=n), decode_pixels(ds).frames):
+                    self.frames[bytes(stream)] = frame if frame.ndim == 3 else frame[..., None]  # HWC, as nvImageCodec
+
+    def decode(self, streams, params=None):
+        self.calls.append((params, len(streams)))
+        if self.fail:
+            raise RuntimeError("device lost")
+        return [None if bytes(s) == self.refuse else np.ascontiguousarray(self.frames[bytes(s)]).copy() for s in streams]
+
+
+def _gpu(decoder) -> GpuDecoder:
+    return GpuDecoder(decoder, "grey", "colour", torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def gpu_inputs(corpus, tmp_path_factory):
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from tests import dicom_factory as fac
+
+    names = ["wg04_RG2_J2KR.dcm", "wg04_RG3_JPLL.dcm", "dx_pelvis_ddh_1.dcm", "wg04_RG2_JLSL.dcm", "cr_hand_j2k.dcm"]
+    paths = [corpus / n for n in names]
+    ds = fac.load(corpus / "wg04_RG3_J2KR.dcm")  # and a two-frame file
+    (frame,) = list(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame, frame])
+    ds.NumberOfFrames = 2
+    paths.append(fac.save(ds, tmp_path_factory.mktemp("gpu") / "two_frames_j2k.dcm"))
+    return paths
+
+
+def test_decode_many_batches_by_colour_and_splits_frames_back(gpu_inputs):
+    datasets = [read_dataset(p)[0] for p in gpu_inputs]
+    fake = CpuBackedDecoder(datasets)
+    out = _gpu(fake).decode_many(datasets, 1024)
+    assert sorted(fake.calls) == [("colour", 1), ("grey", 5)]  # one call per kind; 2 frames for the last file
+    assert out[3] is None  # JPEG-LS: the CPU decoders' job
+    for ds, d in zip(datasets, out):
+        if d is None:
+            continue
+        assert d.decoder.startswith("nvImageCodec GPU")
+        cpu = [pool_to_side(torch.from_numpy(f.astype(np.float32)), 1024).numpy() for f in CpuBackedDecoder([ds]).frames.values()]
+        assert len(d.frames) == int(ds.get("NumberOfFrames", 1) or 1)
+        np.testing.assert_allclose(d.frames[0].squeeze(), cpu[0].squeeze(), rtol=1e-6)
+
+
+def test_a_refused_stream_or_a_failed_call_falls_back_to_the_cpu(gpu_inputs):
+    datasets = [read_dataset(p)[0] for p in gpu_inputs]
+    refused = next(iter(CpuBackedDecoder(datasets[:1]).frames))
+    out = _gpu(CpuBackedDecoder(datasets, refuse=refused)).decode_many(datasets, 1024)
+    assert out[0] is None and out[1] is not None and out[5] is not None  # only the refused file
+    assert _gpu(CpuBackedDecoder(datasets, fail=True)).decode_many(datasets, 1024) == [None] * len(datasets)
+
+
+def test_files_read_in_one_gpu_batch_equal_the_cpu_path(gpu_inputs, corpus):
+    fake = CpuBackedDecoder([read_dataset(p)[0] for p in gpu_inputs])
+    batched = read_files(gpu_inputs, corpus, gpu=_gpu(fake), reduced_resolution=False)
+    assert len(fake.calls) == 2
+    for path, got in zip(gpu_inputs, batched):
+        want = read_file(path, corpus, reduced_resolution=False)
+        assert [r.frame for r in got.radiographs] == [r.frame for r in want.radiographs], path.name
+        for a, b in zip(want.radiographs, got.radiographs):
+            assert ("GPU" in b.info.decoder) == (path.name != "wg04_RG2_JLSL.dcm")
+            np.testing.assert_allclose(a.image, b.image, atol=1e-5)
+
+
+def test_readers_take_several_files_per_gpu_call_in_order(gpu_inputs, corpus, monkeypatch, tmp_path):
+    """In process: chunks of GPU_FILES_PER_CALL through one fake GPU; in reader processes (no GPU
+    there, so the CPU decodes each chunk): the same items in the same order as file by file."""
+    import os
+
+    from operators import batching
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        for p in gpu_inputs:
+            os.symlink(p, folder / f"{i}_{p.name}")
+    pre = Preprocessing(size=64)
+    plain = list(batching.iter_prepared(folder, pre, workers=0, decode=DecodeOptions(reduced_resolution=False)))
+    fake = CpuBackedDecoder([read_dataset(p)[0] for p in gpu_inputs])
+    monkeypatch.setattr(batching.GpuDecoder, "create", classmethod(lambda cls, mode="auto", device="cuda": _gpu(fake)))
+    batched = list(batching.iter_prepared(folder, pre, workers=0, decode=DecodeOptions(gpu="auto", reduced_resolution=False)))
+    files_per_call = [n for _, n in fake.calls]
+    assert max(files_per_call) > 1 and len(fake.calls) <= 2 * -(-18 // batching.GPU_FILES_PER_CALL)
+    monkeypatch.setattr(batching, "resolve_mode", lambda mode: "auto")  # chunked readers; no GPU in them
+    pooled = list(batching.iter_prepared(folder, pre, workers=2, decode=DecodeOptions(gpu="auto", reduced_resolution=False)))
+    for other in (batched, pooled):
+        assert [i.source for i, _ in other] == [i.source for i, _ in plain]
+        for (_, a), (_, b) in zip(plain, other):
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
