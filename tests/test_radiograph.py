@@ -407,3 +407,18 @@ def test_header_less_file_with_compressed_pixels_is_refused_clearly(corpus, tmp_
     outcome = read_file(path).outcome
     assert outcome is not None and outcome.status is Status.FAILED
     assert "transfer syntax" in outcome.reason
+
+
+def test_without_the_faster_decoders_pydicoms_plugins_decode(corpus, monkeypatch):
+    """Images without imagecodecs or pyjpegls (the GPU machine's, for one) fall back to GDCM."""
+    import sys
+
+    from operators import decoding
+
+    want = {n: _image(corpus / f"{n}.dcm") for n in ("wg04_RG3_JPLL", "wg04_RG3_JLSL")}
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import fails
+    monkeypatch.setattr(decoding, "PREFERRED_PLUGINS", {k: "not-installed" for k in decoding.PREFERRED_PLUGINS})
+    for name, image in want.items():
+        info = _info(corpus / f"{name}.dcm")
+        assert "libjpeg-turbo" not in info.decoder and "pyjpegls" not in info.decoder, info.decoder
+        np.testing.assert_array_equal(_image(corpus / f"{name}.dcm"), image)
