@@ -14,7 +14,7 @@ in the main process; default: the usable cores, at most 16), ``BODYPART_STACKER`
 ``BODYPART_DICOM_OUTPUTS=0`` (results.json only), ``BODYPART_COMPILE=1`` (torch.compile the members),
 ``BODYPART_SCHEDULER=greedy`` (one thread instead of Holoscan's event-based scheduler),
 ``BODYPART_GPU_DECODE`` (auto, on, off: nvImageCodec decoding in the readers),
-``BODYPART_REDUCED_DECODE=0`` (JPEG 2000 always at full resolution); see :mod:`app.settings`.
+``BODYPART_REDUCED_DECODE=0`` (JPEG 2000 and JPEG always at full resolution); see :mod:`app.settings`.
 """
 
 from __future__ import annotations

@@ -21,15 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from operators.decoding import code_streams  # noqa: E402
 from operators.gpu_decoding import GPU_TRANSFER_SYNTAXES, gpu_suitable, unavailable_reason  # noqa: E402
 from operators.radiograph import iter_input_files, read_dataset  # noqa: E402
 
 
-def code_streams(corpus: Path) -> list[tuple[str, bytes, float]]:
+def gpu_ready_streams(corpus: Path) -> list[tuple[str, bytes, float]]:
     """(family, code stream, megapixels) of every frame the GPU path would decode; colour ones
     form families of their own (decoded with other parameters)."""
-    from pydicom.encaps import generate_frames
-
     out = []
     for path in iter_input_files(corpus):
         try:
@@ -42,7 +41,7 @@ def code_streams(corpus: Path) -> list[tuple[str, bytes, float]]:
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             family += " (colour)"
         mp = int(ds.Rows) * int(ds.Columns) / 1e6
-        for frame in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)):
+        for frame in code_streams(ds):
             out.append((family, frame, mp))
     return out
 
@@ -75,7 +74,7 @@ def main() -> None:
     import torch
     from nvidia import nvimgcodec
 
-    found = code_streams(args.corpus)
+    found = gpu_ready_streams(args.corpus)
     if not found:
         sys.exit(f"no GPU-decodable grey images in {args.corpus}")
     decoder = nvimgcodec.Decoder()

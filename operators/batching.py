@@ -41,7 +41,8 @@ class DecodeOptions:
     """How readers decode pixel data.
 
     ``gpu``: ``auto`` (nvImageCodec on the GPU where available), ``on`` (required) or ``off``;
-    ``reduced_resolution``: decode large grey JPEG 2000 at a lower resolution level on the CPU.
+    ``reduced_resolution``: decode large grey JPEG 2000 and 8-bit lossy JPEG at reduced resolution
+    on the CPU (:func:`operators.decoding.decode_reduced`).
     """
 
     gpu: str = "off"

@@ -1,4 +1,5 @@
-"""Pixel decoding with a lenient fallback for real-archive JPEG files, and reduced-resolution JPEG 2000.
+"""Pixel decoding: pydicom's plugins with faster decoders first where they give the same values,
+a lenient fallback for real-archive JPEG files, and reduced-resolution JPEG 2000 and JPEG.
 
 pydicom's plugins (pylibjpeg, GDCM, Pillow, its own RLE and native readers) decode every standard
 transfer syntax. Some real 12-bit JPEG extended files carry scan parameters that those strict
@@ -73,7 +74,7 @@ class DecodedPixels:
 
     ``frames`` has shape (frames, rows, columns) or (frames, rows, columns, samples); ``decoder``
     names what decoded them and ``lenient`` is true when only a lenient fallback could. Decoders
-    that shrink while decoding (GPU, reduced-resolution JPEG 2000) return fewer rows and columns
+    that shrink while decoding (GPU, reduced resolution) return fewer rows and columns
     than the header states; the input stage shrinks what remains to its working size.
     """
 
@@ -90,6 +91,11 @@ def transfer_syntax(ds: pydicom.Dataset) -> UID:
     return UID(uid)
 
 
+def code_streams(ds: pydicom.Dataset):
+    """The encapsulated frames of ``ds``, one code stream each (an iterator)."""
+    return generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
+
+
 def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
     """Decode all frames of ``ds`` into stored values (YBR colour already turned to RGB).
 
@@ -102,7 +108,7 @@ def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
         raise DecodeError("no Pixel Data")
     ts = transfer_syntax(ds)
     frames_expected = int(ds.get("NumberOfFrames", 1) or 1)
-    fast = _lossless_jpeg(ds, ts, frames_expected)
+    fast = _lossless_jpeg(ds, ts)
     if fast is not None:
         return fast
     try:
@@ -114,7 +120,7 @@ def decode_pixels(ds: pydicom.Dataset) -> DecodedPixels:
     except Exception as strict_error:  # the plugins raise many types; we report the message
         if ts in _LENIENT_JPEG:
             try:
-                return DecodedPixels(_libjpeg_turbo(ds, frames_expected), "imagecodecs libjpeg-turbo (lenient)", True)
+                return DecodedPixels(_libjpeg_turbo(ds), "imagecodecs libjpeg-turbo (lenient)", True)
             except Exception as lenient_error:
                 raise DecodeError(
                     f"{ts.name}: strict decoders failed ({short_reason(strict_error)}); "
@@ -169,7 +175,7 @@ def _with_frame_axis(arr: np.ndarray, ds: pydicom.Dataset, frames: int) -> np.nd
     return arr[np.newaxis] if arr.ndim == single_ndim else arr
 
 
-def _lossless_jpeg(ds: pydicom.Dataset, ts: UID, frames_expected: int) -> DecodedPixels | None:
+def _lossless_jpeg(ds: pydicom.Dataset, ts: UID) -> DecodedPixels | None:
     """Grey unsigned JPEG lossless through libjpeg-turbo; ``None`` where that does not apply or
     fails (pydicom's plugins then decode it)."""
     if str(ts) not in _LOSSLESS_JPEG or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
@@ -177,17 +183,17 @@ def _lossless_jpeg(ds: pydicom.Dataset, ts: UID, frames_expected: int) -> Decode
     if int(ds.get("PixelRepresentation", 0) or 0) != 0:
         return None  # pydicom's decoders apply the sign
     try:
-        return DecodedPixels(_libjpeg_turbo(ds, frames_expected), "imagecodecs libjpeg-turbo (JPEG lossless)")
+        return DecodedPixels(_libjpeg_turbo(ds), "imagecodecs libjpeg-turbo (JPEG lossless)")
     except Exception as e:  # noqa: BLE001 - the plugins get their turn
         logger.debug("libjpeg-turbo could not decode SOP Instance %s: %s", ds.get("SOPInstanceUID"), short_reason(e))
         return None
 
 
-def _libjpeg_turbo(ds: pydicom.Dataset, frames_expected: int) -> np.ndarray:
+def _libjpeg_turbo(ds: pydicom.Dataset) -> np.ndarray:
     import imagecodecs  # optional heavy import, only on this path
 
     decoded = []
-    for frame in generate_frames(ds.PixelData, number_of_frames=frames_expected):
+    for frame in code_streams(ds):
         img = imagecodecs.jpeg8_decode(frame)
         decoded.append(np.asarray(img))
     if not decoded:
@@ -249,10 +255,6 @@ def decode_reduced(ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels |
     return None
 
 
-def _frames(ds: pydicom.Dataset):
-    return generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1))
-
-
 def decode_reduced_jpeg2000(ds: pydicom.Dataset, level: int) -> DecodedPixels | None:
     """Decode a grey unsigned JPEG 2000 image ``level`` resolution levels down (fewer where the
     code stream has fewer), every frame at the same level; ``None`` where OpenJPEG refuses."""
@@ -261,7 +263,7 @@ def decode_reduced_jpeg2000(ds: pydicom.Dataset, level: int) -> DecodedPixels | 
     try:
         from PIL import Image
 
-        for stream in _frames(ds):
+        for stream in code_streams(ds):
             precision, signed, levels = _j2k_header(stream)
             r = min(level, levels)
             levels_used.add(r)
@@ -295,7 +297,7 @@ def decode_reduced_jpeg(ds: pydicom.Dataset, level: int) -> DecodedPixels | None
     try:
         from PIL import Image
 
-        for stream in _frames(ds):
+        for stream in code_streams(ds):
             with Image.open(io.BytesIO(stream)) as im:
                 if im.mode != "L" or im.size != (cols, rows):
                     return None

@@ -18,9 +18,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pydicom
-from pydicom.encaps import generate_frames
 
-from .decoding import JPEG2000_SYNTAXES, DecodedPixels, full_resolution_reason, transfer_syntax
+from .decoding import JPEG2000_SYNTAXES, DecodedPixels, code_streams, full_resolution_reason, transfer_syntax
 from .outcome import short_reason
 
 logger = logging.getLogger(__name__)
@@ -83,10 +82,15 @@ def resolve_mode(mode: str) -> str:
     reason = None if mode == "off" else unavailable_reason()
     if reason is None:
         return mode
+    _turn_off(mode, reason)
+    return "off"
+
+
+def _turn_off(mode: str, reason: str) -> None:
+    """GPU decoding cannot run: an error where it was required (``on``), a log line where not."""
     if mode == "on":
         raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
     logger.info("GPU decoding off: %s", reason)
-    return "off"
 
 
 @dataclass
@@ -125,10 +129,7 @@ class GpuDecoder:
             colour = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.SRGB)
             return cls(decoder, grey, colour, dev)
         except Exception as e:  # CUDA or library initialisation errors come in many types
-            reason = f"nvImageCodec could not start: {short_reason(e)}"
-        if mode == "on":
-            raise GpuDecodeUnavailable(f"GPU decoding requested but unavailable: {reason}")
-        logger.info("GPU decoding off: %s", reason)
+            _turn_off(mode, f"nvImageCodec could not start: {short_reason(e)}")
         return None
 
     def decode_many(self, datasets: list[pydicom.Dataset], max_side: int | None) -> list[DecodedPixels | None]:
@@ -146,7 +147,7 @@ class GpuDecoder:
             if gpu_suitable(ds) is not None:
                 continue
             try:
-                streams = list(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+                streams = list(code_streams(ds))
             except Exception as e:  # noqa: BLE001 - the CPU decoders will say what is wrong
                 logger.debug("no GPU decoding for SOP Instance %s: %s", ds.get("SOPInstanceUID"), short_reason(e))
                 continue
