@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,17 @@ def _require(path: Path) -> Path:
     if not path.exists():
         # A missing corpus is an error, not a skip: these tests are what proves the input stage.
         raise FileNotFoundError(f"{path} is missing: the tests need ../shared beside the checkout (or BODYPART_SHARED)")
+    return path
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a system tool; a test without it skips (fails under ``CI=true``, where ``.ci/run`` installs it)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     return path
 
 

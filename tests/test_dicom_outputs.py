@@ -19,6 +19,7 @@ from operators.ensemble import Prediction
 from operators.radiograph import read_file
 from operators.results import ModelInfo, classified_outcome
 from operators.sr import Algorithm
+from tests.conftest import require_tool
 
 CAT = Catalogue.default()
 MODEL = ModelInfo("labels-double", "1.0", "0" * 64, "mean", "cpu", tuple(CAT.names), tuple(CAT.names), {c: 0.5 for c in CAT.names})
@@ -42,7 +43,7 @@ def run_outputs(corpus, names, out, labels, keep_uids=False):
 
 
 def dciodvfy_errors(path: Path) -> set[str]:
-    out = subprocess.run(["dciodvfy", str(path)], capture_output=True).stderr.decode("latin-1")
+    out = subprocess.run([require_tool("dciodvfy", "dicom3tools"), str(path)], capture_output=True).stderr.decode("latin-1")
     return {l.strip() for l in out.splitlines() if l.startswith("Error")}
 
 
