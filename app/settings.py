@@ -61,7 +61,10 @@ class Settings:
             raise SettingsError(f"BODYPART_GPU_DECODE={gpu_decode!r}: use {', '.join(GPU_DECODE_MODES)}")
         if gpu_decode == "on" and (reason := unavailable_reason()):
             raise SettingsError(f"BODYPART_GPU_DECODE=on: GPU decoding is unavailable here ({reason})")
-        decode = DecodeOptions(gpu=gpu_decode, reduced_resolution=_flag(env, "BODYPART_REDUCED_DECODE", True))
+        time_limit = _int(env, "BODYPART_FILE_TIME_LIMIT", 120, minimum=0)
+        decode = DecodeOptions(gpu=gpu_decode, reduced_resolution=_flag(env, "BODYPART_REDUCED_DECODE", True),
+                               follow_links=_flag(env, "BODYPART_FOLLOW_LINKS", False),
+                               seconds_per_file=float(time_limit) if time_limit else None)
         scheduler = env.get("BODYPART_SCHEDULER", "event")
         if scheduler not in ("event", "greedy"):
             raise SettingsError(f"BODYPART_SCHEDULER={scheduler!r}: use event or greedy")

@@ -31,7 +31,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as t:
         t = Path(t)
         b.link_inputs(Path(sys.argv[2]).resolve(), int(sys.argv[3]), t / "in")
-        r = b.bench_pipeline(ens, t / "in", t / "out", 16, int(sys.argv[4]), True, DecodeOptions())
+        r = b.bench_pipeline(ens, t / "in", t / "out", 16, int(sys.argv[4]), True, DecodeOptions(follow_links=True))
     print("RESULT " + json.dumps(r))
 """
 

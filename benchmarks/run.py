@@ -264,7 +264,7 @@ def bench_cold_start(models: Path, corpus: Path, tmp: Path, device: str) -> dict
     d = tmp / "cold"
     d.mkdir()
     os.symlink(corpus / "dx_pelvis_ddh_1.dcm", d / "one.dcm")
-    env = {**os.environ, "BODYPART_DEVICE": device, "BODYPART_WORKERS": "0"}
+    env = {**os.environ, "BODYPART_DEVICE": device, "BODYPART_WORKERS": "0", "BODYPART_FOLLOW_LINKS": "1"}
     try:
         import holoscan  # noqa: F401
 
@@ -306,7 +306,8 @@ def main() -> None:
     package = load_package(args.models)
     ensemble = Ensemble(package, device=args.device, compile=args.compile)
     gpu = GpuDecoder.create(args.gpu_decode if ensemble.device.type == "cuda" else "off")
-    decode = DecodeOptions(gpu="on" if gpu else "off", reduced_resolution=not args.no_reduced_decode)
+    # inputs are links into the corpus: follow them
+    decode = DecodeOptions(gpu="on" if gpu else "off", reduced_resolution=not args.no_reduced_decode, follow_links=True)
     report = {"machine": machine(), "device": str(ensemble.device), "model": f"{package.name} {package.version}",
               "members": [m.arch for m in package.members], "batch": args.batch, "workers": args.workers,
               "compile": args.compile, "gpu_decode": gpu is not None, "reduced_decode": decode.reduced_resolution}

@@ -1,56 +1,71 @@
 """Stream inputs as batches: radiographs become one input tensor, other outcomes ride along in order.
 
 Reading and decoding dominate the cost (a 2k x 2k JPEG 2000 radiograph takes 0.2-0.9 s to decode
-on one core, the networks a few milliseconds on a GPU), so files are read in worker processes
+on one core, the networks a few milliseconds on a GPU), so files are read in reader processes
 that run ahead of inference. In flight at most ``workers * 4`` files: memory stays bounded
-however large the folder is, and each worker returns only small preprocessed tensors.
+however large the folder is, and each reader returns only small preprocessed tensors. Reader
+processes also contain what damaged files do to native decoders (crashes, aborts, endless
+loops, huge allocations): :mod:`operators.reader_pool`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
-from itertools import chain, islice
+import resource
 from dataclasses import dataclass, field, replace
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecoder, resolve_mode
-from .outcome import InputOutcome
+from .image_limits import ImageLimits
+from .outcome import InputOutcome, Status
 from .preprocessing import Preprocessing
 from .processes import worker_context
-from .radiograph import Radiograph, iter_input_files, read_files
+from .radiograph import Radiograph, iter_input_files, read_files, relative_source
+from .reader_pool import ReaderPool
 
-#: Inputs this small are read in the calling process (a reader pool costs seconds to start).
-IN_PROCESS_UP_TO = 8
+log = logging.getLogger("bodypart")
+
+#: Memory a reader may take beyond what it holds after its imports, in multiples of the largest
+#: image it decodes (decoder buffers, the stored values, float copies), plus 1 GiB: a decoder
+#: that asks for more gets an allocation failure (the file fails) instead of the OOM killer.
+READER_MEMORY_FACTOR = 4
 
 #: Files a reader decodes in one GPU call when decoding on the GPU: one image per call leaves
 #: the GPU mostly idle, and each reader's CUDA context gets the GPU only in turn.
 GPU_FILES_PER_CALL = 8
 
 #: Per reader process: its own GPU decoder (a CUDA context cannot cross processes). Set once by
-#: :func:`_worker_init`; never used in the parent process.
+#: :func:`_reader_init`; never used in the parent process.
 _WORKER_GPU: list[GpuDecoder | None] = [None]
 
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How readers decode pixel data.
+    """How readers find, check and decode inputs.
 
     ``gpu``: ``auto`` (nvImageCodec on the GPU where available), ``on`` (required) or ``off``;
     ``reduced_resolution``: decode large grey JPEG 2000 and 8-bit lossy JPEG at reduced resolution
-    on the CPU (:func:`operators.decoding.decode_reduced`).
+    on the CPU (:func:`operators.decoding.decode_reduced`); ``follow_links``: read through links to
+    outside the input folder; ``seconds_per_file``: a reader that takes longer on one file is
+    stopped and the file fails (``None``: no limit); ``limits``: the largest image decoded.
     """
 
     gpu: str = "off"
     reduced_resolution: bool = True
+    follow_links: bool = False
+    seconds_per_file: float | None = 120.0
+    limits: ImageLimits = ImageLimits()
 
     def __post_init__(self) -> None:
         if self.gpu not in GPU_DECODE_MODES:
             raise ValueError(f"GPU decode mode must be one of {', '.join(GPU_DECODE_MODES)}, not {self.gpu!r}")
+        if self.seconds_per_file is not None and not self.seconds_per_file > 0:
+            raise ValueError(f"seconds_per_file must be positive, not {self.seconds_per_file!r}")
 
 
 @dataclass
@@ -58,11 +73,14 @@ class Batch:
     """Up to ``batch_size`` radiographs (with their input tensor) plus the files that gave none.
 
     ``items`` keeps input order; ``tensor`` rows follow the radiographs among them. Grey images
-    are dropped once preprocessed so a batch holds only small tensors.
+    are dropped once preprocessed so a batch holds only small tensors. ``last`` marks the empty
+    batch that follows the last input: the writers finish (SRs, ``results.json``) when it
+    arrives, inside the data flow, so a fault there is still recorded in the results.
     """
 
     items: list[Radiograph | InputOutcome] = field(default_factory=list)
     tensor: torch.Tensor | None = None
+    last: bool = False
 
     @property
     def radiographs(self) -> list[Radiograph]:
@@ -79,11 +97,12 @@ def default_workers() -> int:
 
 
 def prepare_files(paths: list[Path], root: Path, preprocessing: Preprocessing, gpu: GpuDecoder | None = None,
-                  reduced_resolution: bool = True) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
+                  decode: DecodeOptions = DecodeOptions()) -> list[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
     """Read files (their GPU-suitable pixel data in one batch) and preprocess their radiographs:
-    what a worker does (picklable in and out)."""
+    what a reader does (picklable in and out)."""
     out: list[tuple[Radiograph | InputOutcome, torch.Tensor | None]] = []
-    for read in read_files(paths, root, max_side=preprocessing.max_side, gpu=gpu, reduced_resolution=reduced_resolution):
+    for read in read_files(paths, root, max_side=preprocessing.max_side, gpu=gpu, reduced_resolution=decode.reduced_resolution,
+                           follow_links=decode.follow_links, limits=decode.limits):
         if read.outcome is not None:
             out.append((read.outcome, None))
         else:
@@ -93,35 +112,34 @@ def prepare_files(paths: list[Path], root: Path, preprocessing: Preprocessing, g
 
 def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
                   decode: DecodeOptions = DecodeOptions()) -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
-    """Every input in order, read in ``workers`` processes (0: in this process), decoded as ``decode`` says.
+    """Every input in order, read in ``workers`` reader processes (0: in this process), decoded as ``decode`` says.
 
-    Inputs of at most :data:`IN_PROCESS_UP_TO` files are read in this process whatever ``workers``
-    says, and a pool never has more processes than files: starting a reader costs about as much
-    as decoding several radiographs (imports), which a one-study run should not pay. With GPU
-    decoding a reader takes :data:`GPU_FILES_PER_CALL` files at a time, decoded in one GPU call.
+    In this process a native decoder that crashes on a damaged file takes the caller down with
+    it, and there is no time limit: use it for trusted files and debugging. With readers a pool
+    never has more processes than files (a one-study run starts one reader). With GPU decoding a
+    reader takes :data:`GPU_FILES_PER_CALL` files at a time, decoded in one GPU call.
     """
-    files = iter_input_files(root)
-    head = list(islice(files, max(workers, IN_PROCESS_UP_TO) + 1))  # a bounded peek, not a listing
-    workers = 0 if len(head) <= IN_PROCESS_UP_TO else min(workers, len(head))
-    files = chain(head, files)
+    files = iter_input_files(root, decode.follow_links)
     if workers <= 0:
         gpu = GpuDecoder.create(decode.gpu)
         for chunk in _chunks(files, GPU_FILES_PER_CALL if gpu else 1):
-            yield from prepare_files(chunk, root, preprocessing, gpu, decode.reduced_resolution)
+            yield from prepare_files(chunk, root, preprocessing, gpu, decode)
         return
+    head = list(islice(files, workers))  # a bounded peek, not a listing
+    workers = max(1, min(workers, len(head)))
+    files = chain(head, files)
     decode = replace(decode, gpu=resolve_mode(decode.gpu))  # decided here, once, not in every reader
     per_task = 1 if decode.gpu == "off" else GPU_FILES_PER_CALL
-    # Workers each get one intra-op thread: parallelism comes from the processes.
-    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(decode.gpu,),
-                             mp_context=worker_context()) as pool:
-        pending: deque[Future] = deque()
-        limit = workers * (4 if per_task == 1 else 2)  # tasks in flight per worker: reads ahead, bounded
-        for chunk in _chunks(files, per_task):
-            pending.append(pool.submit(_prepare_in_worker, chunk, root, preprocessing, decode.reduced_resolution))
-            if len(pending) >= limit:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
+
+    def failed(paths: list[Path], reason: str) -> list[tuple[InputOutcome, None]]:
+        return [(InputOutcome(relative_source(p, root), Status.FAILED, reason), None) for p in paths]
+
+    with ReaderPool(workers, prepare_in_reader, failed, worker_context(), args=(root, preprocessing, decode),
+                    initializer=_reader_init, initargs=(decode.gpu, decode.limits, logging.getLogger("bodypart").isEnabledFor(logging.DEBUG)),
+                    seconds_per_item=decode.seconds_per_file) as pool:
+        read_ahead = workers * (4 if per_task == 1 else 2)  # tasks in flight per reader: reads ahead, bounded
+        for prepared in pool.imap(_chunks(files, per_task), read_ahead):
+            yield from prepared
 
 
 def _chunks(items: Iterator[Path], n: int) -> Iterator[list[Path]]:
@@ -129,13 +147,37 @@ def _chunks(items: Iterator[Path], n: int) -> Iterator[list[Path]]:
         yield chunk
 
 
-def _worker_init(gpu_decode: str = "off") -> None:
-    torch.set_num_threads(1)
+def _reader_init(gpu_decode: str = "off", limits: ImageLimits = ImageLimits(), verbose: bool = False) -> None:
+    from .report import quiet_pydicom
+
+    torch.set_num_threads(1)  # parallelism comes from the processes
+    quiet_pydicom(verbose)
+    limit_reader_memory(limits)
     _WORKER_GPU[0] = GpuDecoder.create(gpu_decode)
 
 
-def _prepare_in_worker(paths: list[Path], root: Path, preprocessing: Preprocessing, reduced_resolution: bool):
-    return prepare_files(paths, root, preprocessing, _WORKER_GPU[0], reduced_resolution)
+def limit_reader_memory(limits: ImageLimits) -> int | None:
+    """Cap this process's data segment at what it holds now plus room for the largest image
+    (``RLIMIT_DATA``); returns the cap in bytes, or ``None`` where it cannot be set."""
+    try:
+        with open("/proc/self/status") as fh:
+            data_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmData:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    cap = data_kb * 1024 + READER_MEMORY_FACTOR * limits.max_decoded_bytes + (1 << 30)
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    except (ValueError, OSError):
+        return None
+    return cap
+
+
+def prepare_in_reader(paths: list[Path], root: Path, preprocessing: Preprocessing, decode: DecodeOptions):
+    """:func:`prepare_files` with this reader's GPU decoder (set once by :func:`_reader_init`)."""
+    return prepare_files(paths, root, preprocessing, _WORKER_GPU[0], decode)
 
 
 def iter_batches(root: Path, preprocessing: Preprocessing, batch_size: int = 16, workers: int = 0,

@@ -48,5 +48,5 @@ class InputOutcome:
 
 def short_reason(error: BaseException, limit: int = 160) -> str:
     """An exception as one short line for a result's reason (decoder messages can be pages long)."""
-    text = " ".join(str(error).split()) or type(error).__name__
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(error)).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -11,10 +11,12 @@ percentile stretch to [0, 1], which also normalises images that carry no VOI at 
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import numpy as np
 import pydicom
@@ -23,6 +25,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
 
 from .decoding import DecodedPixels, DecodeError, decode_pixels, decode_reduced, shrink_factor, transfer_syntax
+from .image_limits import ImageLimits, check_image_header
 from .outcome import InputOutcome, Status, short_reason
 
 #: Plain radiography: what the models are for.
@@ -41,6 +44,10 @@ MIN_INSIDE_WINDOW = 0.01
 
 class InputError(RuntimeError):
     """A file that should be readable but is not; the message is the user-facing reason."""
+
+
+class NotAnInput(InputError):
+    """An entry that is not a file to read (a FIFO, a link not followed, ...): skipped, with the reason."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,9 @@ class Radiograph:
     sop_instance_uid: str | None
     frame: int | None = None
     path: Path | None = field(default=None, compare=False)
+    #: (size, modification time in ns) of the file when it was read: writers that go back to the
+    #: source check it has not changed since.
+    file_identity: tuple[int, int] | None = field(default=None, compare=False)
 
     def outcome(self, status: Status = Status.READY, reason: str | None = None, **details: Any) -> InputOutcome:
         return InputOutcome(
@@ -116,41 +126,160 @@ class Radiograph:
 # Discovery
 
 
-def iter_input_files(root: Path) -> Iterator[Path]:
-    """Every regular file under ``root`` (or ``root`` itself), sorted, streamed.
+def iter_input_files(root: Path, follow_links: bool = False) -> Iterator[Path]:
+    """Every entry under ``root`` (or ``root`` itself) that is not a folder walked into, sorted, streamed.
 
-    Hidden files and folders (``.name``) are left out: they are tool and OS litter, not images.
+    Regular files, and also what the reader must report rather than read: FIFOs, sockets,
+    devices, broken links, links to folders, folders that cannot be listed. Hidden files and
+    folders (``.name``) are left out: they are tool and OS litter, not images. Links to folders
+    are walked into only with ``follow_links`` (each folder once: link loops end there). The walk
+    keeps its own stack, so any depth of folders is walked; a path the system cannot open
+    (too long) comes out as an entry whose reading says so.
     """
     root = Path(root)
-    if root.is_file():
+    if not os.path.isdir(root):
+        if not os.path.lexists(root):
+            raise FileNotFoundError(f"input {root} does not exist")
         yield root
         return
-    if not root.is_dir():
-        raise FileNotFoundError(f"input {root} does not exist")
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                path = Path(dirpath, name)
-                if path.is_file():
-                    yield path
+    seen: set[tuple[int, int]] = set()
+    stack: list[Iterator[Path]] = [iter([root])]
+    while stack:
+        folder = next(stack[-1], None)
+        if folder is None:
+            stack.pop()
+            continue
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                continue  # a link loop, or the same folder through two links
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            yield folder  # cannot be listed: reading it says why
+            continue
+        folders = []
+        for e in entries:
+            path = Path(folder, e.name)
+            try:
+                walk = e.is_dir(follow_symlinks=False) or (follow_links and e.is_symlink() and e.is_dir())
+            except OSError:
+                walk = False
+            if walk:
+                folders.append(path)
+            else:
+                yield path
+        stack.append(iter(folders))
 
 
 def relative_source(path: Path, root: Path) -> str:
+    """``path`` relative to the input ``root`` (POSIX separators), as results name it.
+
+    File names that are not UTF-8 (possible on Linux) keep their bytes as ``\\xNN`` escapes, so
+    every name fits in JSON and logs and still tells the file apart.
+    """
     root = Path(root)
-    base = root.parent if root.is_file() else root
+    base = root if os.path.isdir(root) else root.parent
     try:
-        return Path(path).relative_to(base).as_posix()
+        rel = Path(path).relative_to(base).as_posix()
     except ValueError:
-        return Path(path).name
+        rel = Path(path).name
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 # --------------------------------------------------------------------------------------------
 # Reading and selection
 
 
-def read_dataset(path: Path) -> tuple[pydicom.Dataset, bool]:
-    """Read a DICOM file, with or without preamble and file-meta header.
+def open_input(path: Path, root: Path | None = None, follow_links: bool = False) -> tuple[IO[bytes], tuple[int, int]]:
+    """Open one input for reading, or say why it is not one.
+
+    Never opens what is not a regular file (a FIFO would block the reader), never reads through
+    a link to outside ``root`` unless ``follow_links``. Returns the open file and its (size,
+    modification time in ns), taken from the open file itself.
+
+    Raises
+    ------
+    NotAnInput
+        FIFOs, sockets, devices, links to folders or outside the input folder: skipped.
+    InputError
+        Files that vanished, cannot be read, broken links, link loops, folders that cannot be listed.
+    """
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise InputError(_os_reason(e, "file")) from e
+    link = stat.S_ISLNK(st.st_mode)
+    if link:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise InputError("symbolic link loop") from e
+            if e.errno == errno.ENOENT:
+                raise InputError("broken symbolic link (its target does not exist)") from e
+            raise InputError(_os_reason(e, "link")) from e
+        if not follow_links and root is not None and os.path.isdir(root) and not _inside(path, root):
+            raise NotAnInput("symbolic link to outside the input folder (not followed; set follow_links to read it)")
+    if stat.S_ISDIR(st.st_mode):
+        if link:
+            raise NotAnInput("symbolic link to a folder (not followed)")
+        try:
+            os.scandir(path).close()
+        except OSError as e:
+            raise InputError(_os_reason(e, "folder")) from e
+        raise InputError("folder that could not be walked")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotAnInput(f"not a regular file ({_kind(st.st_mode)})")
+    try:
+        # non-blocking open: a FIFO put in the file's place since the check does not block us
+        fh = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))
+    except OSError as e:
+        raise InputError(_os_reason(e, "file")) from e
+    st = os.fstat(fh.fileno())
+    if not stat.S_ISREG(st.st_mode):  # replaced since the check above
+        fh.close()
+        raise NotAnInput(f"not a regular file ({_kind(st.st_mode)})")
+    os.set_blocking(fh.fileno(), True)
+    return fh, (st.st_size, st.st_mtime_ns)
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(size, modification time in ns) of ``path`` now, or ``None`` when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _inside(path: Path, root: Path) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _os_reason(e: OSError, what: str) -> str:
+    if e.errno == errno.ENOENT:
+        return f"{what} vanished before it could be read"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read {what}: permission denied"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"cannot read {what}: path too long for the operating system"
+    return f"cannot read {what}: {e.strerror or e}"
+
+
+def read_dataset(path: Path | IO[bytes]) -> tuple[pydicom.Dataset, bool]:
+    """Read a DICOM file (a path or an open binary file), with or without preamble and file-meta header.
 
     Returns the dataset and whether the file-meta header was missing. Never writes the file.
 
@@ -159,17 +288,26 @@ def read_dataset(path: Path) -> tuple[pydicom.Dataset, bool]:
     InputError
         Empty, unreadable, truncated or non-DICOM files.
     """
-    path = Path(path)
+    if isinstance(path, (str, os.PathLike)):
+        try:
+            with open(path, "rb") as fh:
+                return read_dataset(fh)
+        except OSError as e:
+            raise InputError(_os_reason(e, "file")) from e
+    fh = path
     try:
-        size = path.stat().st_size
+        size = os.fstat(fh.fileno()).st_size
     except OSError as e:
-        raise InputError(f"cannot read file: {e.strerror or e}") from e
+        raise InputError(_os_reason(e, "file")) from e
     if size == 0:
         raise InputError("empty file (0 bytes)")
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(fh)
     except InvalidDicomError:
-        ds = _read_without_preamble(path)
+        fh.seek(0)
+        ds = _read_without_preamble(fh)
+    except RecursionError as e:
+        raise InputError("corrupt DICOM header: sequences nested too deeply") from e
     except Exception as e:  # truncated headers and broken elements surface as many types
         raise InputError(f"corrupt DICOM header: {short_reason(e)}") from e
     if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
@@ -182,14 +320,16 @@ def read_dataset(path: Path) -> tuple[pydicom.Dataset, bool]:
     return ds, meta_missing
 
 
-def _read_without_preamble(path: Path) -> pydicom.Dataset:
+def _read_without_preamble(fh: IO[bytes]) -> pydicom.Dataset:
     try:
-        ds = pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(fh, force=True)
         # Force-reading random bytes "succeeds"; real DICOM has identifying elements.
         if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "Modality")):
             raise InvalidDicomError("no SOP Class, SOP Instance or Modality")
         ds.SOPClassUID  # noqa: B018 - touch to parse lazily read elements now
         return ds
+    except RecursionError as e:
+        raise InputError("not a DICOM file (or sequences nested too deeply)") from e
     except Exception as e:
         raise InputError(f"not a DICOM file ({short_reason(e)})") from e
 
@@ -207,12 +347,20 @@ def _infer_transfer_syntax(ds: pydicom.Dataset) -> None:
 
 
 def selection_reason(ds: pydicom.Dataset) -> str | None:
-    """Why ``ds`` is not a radiograph to classify, or ``None`` when it is."""
+    """Why ``ds`` is not a radiograph to classify, or ``None`` when it is.
+
+    Raises
+    ------
+    InputError
+        An image object (by its SOP class) without Pixel Data: a damaged file, not a skip.
+    """
     modality = str(ds.get("Modality", "") or "").upper()
     sop_class = UID(str(ds.get("SOPClassUID", "") or ""))
     if "PixelData" not in ds:
         kind = sop_class.name if sop_class else "unknown SOP class"
-        return f"non-image object ({modality or 'no Modality'}; {kind})"
+        if "Image Storage" in kind:  # an image object without its pixels: cut short, not a non-image object
+            raise InputError(f"no Pixel Data in a {kind} object (truncated or damaged file)")
+        return f"non-image object ({modality or 'no Modality'}; {short_reason(ValueError(kind), 80)})"
     if not modality:
         return "no Modality: cannot tell whether this is a radiograph"
     if modality not in RADIOGRAPH_MODALITIES | DX_LIKE_MODALITIES:
@@ -360,51 +508,67 @@ class FileRead:
 
 
 def read_file(path: Path, root: Path | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
-              gpu: "GpuDecoder | None" = None, reduced_resolution: bool = True) -> FileRead:  # noqa: F821
-    """Read one input file: select, decode and turn every frame into a grey radiograph.
+              gpu: "GpuDecoder | None" = None, reduced_resolution: bool = True,  # noqa: F821
+              follow_links: bool = False, limits: ImageLimits = ImageLimits()) -> FileRead:
+    """Read one input file: select, check, decode and turn every frame into a grey radiograph.
 
     ``gpu``, an :class:`operators.gpu_decoding.GpuDecoder`, decodes and shrinks the JPEG 2000 and
     JPEG files it can on the GPU; ``reduced_resolution`` lets the CPU decode large grey JPEG 2000
     and 8-bit lossy JPEG images at reduced resolution (:func:`operators.decoding.decode_reduced`); the
-    full CPU decoders take everything else. Never raises for bad input: the returned outcome
-    names the reason.
+    full CPU decoders take everything else. ``follow_links``: read through links to outside
+    ``root``; ``limits``: the largest image decoded (:func:`operators.image_limits.check_image_header`).
+    Never raises for bad input: the returned outcome names the reason. (A native decoder can
+    still crash the process on a damaged file: the app reads in processes that contain that,
+    :mod:`operators.reader_pool`.)
     """
-    return read_files([path], root, max_side, gpu, reduced_resolution)[0]
+    return read_files([path], root, max_side, gpu, reduced_resolution, follow_links, limits)[0]
 
 
 def read_files(paths: list[Path], root: Path | None = None, max_side: int | None = DEFAULT_MAX_SIDE,
-               gpu: "GpuDecoder | None" = None, reduced_resolution: bool = True) -> list[FileRead]:  # noqa: F821
+               gpu: "GpuDecoder | None" = None, reduced_resolution: bool = True,  # noqa: F821
+               follow_links: bool = False, limits: ImageLimits = ImageLimits()) -> list[FileRead]:
     """:func:`read_file` for several files, whose GPU-suitable pixel data is decoded in one batch."""
-    opened = [_open(Path(p), root) for p in paths]
+    opened = [_open(Path(p), root, follow_links, limits) for p in paths]
     decoded: list = [None] * len(opened)
     if gpu is not None:
         todo = [i for i, o in enumerate(opened) if isinstance(o, _Opened)]
-        for i, d in zip(todo, gpu.decode_many([opened[i].ds for i in todo], max_side)):
-            decoded[i] = d
+        try:
+            for i, d in zip(todo, gpu.decode_many([opened[i].ds for i in todo], max_side)):
+                decoded[i] = d
+        except Exception:  # noqa: BLE001 - the CPU decoders take every file and report per file
+            decoded = [None] * len(opened)
     return [o if isinstance(o, FileRead) else _finish(o, d, max_side, reduced_resolution) for o, d in zip(opened, decoded)]
 
 
 @dataclass
 class _Opened:
-    """A file read and selected, its pixel data not decoded yet."""
+    """A file read, selected and checked, its pixel data not decoded yet."""
 
     path: Path
     source: str
     ds: pydicom.Dataset
     meta_missing: bool
+    identity: tuple[int, int]
 
 
-def _open(path: Path, root: Path | None) -> "_Opened | FileRead":
+def _open(path: Path, root: Path | None, follow_links: bool = False, limits: ImageLimits = ImageLimits()) -> "_Opened | FileRead":
     source = relative_source(path, root if root is not None else path)
     ds = None
     try:
-        ds, meta_missing = read_dataset(path)
+        fh, identity = open_input(path, root, follow_links)
+        with fh:
+            ds, meta_missing = read_dataset(fh)
         reason = selection_reason(ds)
         if reason:
             return FileRead([], _outcome(source, ds, Status.SKIPPED, reason))
-        return _Opened(path, source, ds, meta_missing)
-    except InputError as e:
+        check_image_header(ds, limits)
+        return _Opened(path, source, ds, meta_missing, identity)
+    except NotAnInput as e:
+        return FileRead([], _outcome(source, ds, Status.SKIPPED, str(e)))
+    except (InputError, DecodeError) as e:
         return FileRead([], _outcome(source, ds, Status.FAILED, str(e)))
+    except MemoryError:
+        return FileRead([], _outcome(source, ds, Status.FAILED, "out of memory while reading"))
     except Exception as e:  # a bug or an unforeseen file: still one clear line, run goes on
         return FileRead([], _outcome(source, ds, Status.FAILED, f"unexpected error: {type(e).__name__}: {short_reason(e)}"))
 
@@ -445,6 +609,7 @@ def _finish(o: _Opened, decoded: DecodedPixels | None, max_side: int | None, red
                     sop_instance_uid=_text(ds, "SOPInstanceUID"),
                     frame=i if len(decoded.frames) > 1 else None,
                     path=o.path,
+                    file_identity=o.identity,
                 )
             )
         return FileRead(images)
@@ -452,14 +617,16 @@ def _finish(o: _Opened, decoded: DecodedPixels | None, max_side: int | None, red
         return FileRead([], _outcome(source, ds, Status.FAILED, str(e)))
     except MemoryError:
         return FileRead([], _outcome(source, ds, Status.FAILED, "out of memory while decoding"))
-    except Exception as e:  # a bug or an unforeseen file: still one clear line, run goes on
-        return FileRead([], _outcome(source, ds, Status.FAILED, f"unexpected error: {type(e).__name__}: {short_reason(e)}"))
+    except RecursionError:
+        return FileRead([], _outcome(source, ds, Status.FAILED, "data set nested too deeply to decode"))
+    except Exception as e:  # any decoder plugin's own exception types: one clear line, run goes on
+        return FileRead([], _outcome(source, ds, Status.FAILED, f"cannot decode: {type(e).__name__}: {short_reason(e)}"))
 
 
-def iter_radiographs(root: Path, max_side: int | None = DEFAULT_MAX_SIDE) -> Iterator[Radiograph | InputOutcome]:
-    """Stream a folder: each radiograph as it is read, or the outcome of a file that gave none."""
-    for path in iter_input_files(root):
-        read = read_file(path, root, max_side)
+def iter_radiographs(root: Path, max_side: int | None = DEFAULT_MAX_SIDE, follow_links: bool = False) -> Iterator[Radiograph | InputOutcome]:
+    """Stream a folder in this process: each radiograph as it is read, or the outcome of a file that gave none."""
+    for path in iter_input_files(root, follow_links):
+        read = read_file(path, root, max_side, follow_links=follow_links)
         if read.outcome is not None:
             yield read.outcome
         yield from read.radiographs

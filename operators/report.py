@@ -50,6 +50,25 @@ def setup_logging(verbose: bool = False) -> None:
     )
     logging.getLogger("bodypart").setLevel(logging.DEBUG if verbose else logging.INFO)
     enable_project_loggers()
+    quiet_pydicom(verbose)
+
+
+def quiet_pydicom(verbose: bool = False) -> None:
+    """Keep pydicom's own messages out of the run log unless ``verbose``.
+
+    Its reading validation warns with the offending value (a patient's name, garbage bytes of a
+    damaged file), and each decoder plugin that refuses a frame logs a traceback; the result's
+    reason already says, in one line, why a file failed. Called in the app and in every reader.
+    """
+    import warnings
+
+    import pydicom
+
+    if verbose:
+        return
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module="pydicom")
 
 
 def enable_project_loggers() -> None:

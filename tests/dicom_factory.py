@@ -96,7 +96,7 @@ def as_jpeg_baseline(ds: pydicom.Dataset, grey: np.ndarray, quality: int = 90) -
 
     pixels = np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8)
     out = with_pixels(ds, pixels, BitsStored=8, HighBit=7, PhotometricInterpretation="MONOCHROME2",
-                      RescaleSlope=None, RescaleIntercept=None, WindowCenter=None, WindowWidth=None,
+                      SamplesPerPixel=1, PlanarConfiguration=None, RescaleSlope=None, RescaleIntercept=None, WindowCenter=None, WindowWidth=None,
                       VOILUTSequence=None, ModalityLUTSequence=None, PresentationLUTShape=None)
     buf = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buf, format="JPEG", quality=quality)

@@ -188,14 +188,14 @@ def test_readers_take_several_files_per_gpu_call_in_order(gpu_inputs, corpus, mo
         for p in gpu_inputs:
             os.symlink(p, folder / f"{i}_{p.name}")
     pre = Preprocessing(size=64)
-    plain = list(batching.iter_prepared(folder, pre, workers=0, decode=DecodeOptions(reduced_resolution=False)))
+    plain = list(batching.iter_prepared(folder, pre, workers=0, decode=DecodeOptions(reduced_resolution=False, follow_links=True)))
     fake = CpuBackedDecoder([read_dataset(p)[0] for p in gpu_inputs])
     monkeypatch.setattr(batching.GpuDecoder, "create", classmethod(lambda cls, mode="auto", device="cuda": _gpu(fake)))
-    batched = list(batching.iter_prepared(folder, pre, workers=0, decode=DecodeOptions(gpu="auto", reduced_resolution=False)))
+    batched = list(batching.iter_prepared(folder, pre, workers=0, decode=DecodeOptions(gpu="auto", reduced_resolution=False, follow_links=True)))
     files_per_call = [n for _, n in fake.calls]
     assert max(files_per_call) > 1 and len(fake.calls) <= 2 * -(-18 // batching.GPU_FILES_PER_CALL)
     monkeypatch.setattr(batching, "resolve_mode", lambda mode: "auto")  # chunked readers; no GPU in them
-    pooled = list(batching.iter_prepared(folder, pre, workers=2, decode=DecodeOptions(gpu="auto", reduced_resolution=False)))
+    pooled = list(batching.iter_prepared(folder, pre, workers=2, decode=DecodeOptions(gpu="auto", reduced_resolution=False, follow_links=True)))
     for other in (batched, pooled):
         assert [i.source for i, _ in other] == [i.source for i, _ in plain]
         for (_, a), (_, b) in zip(plain, other):

@@ -88,34 +88,22 @@ def test_lossy_encodings_stay_close_to_lossless(corpus, series, lossy):
 ])
 def test_faster_decoders_give_the_values_of_pydicoms_default(corpus, name, decoder):
     """CharLS (pyjpegls) for JPEG-LS, libjpeg-turbo for JPEG lossless: the values pydicom's
-    default plugin (GDCM) gives, bit for bit, in less time."""
-    import time
-
+    default plugin (GDCM) gives, bit for bit. (Which is faster is measured per machine by
+    ``benchmarks/decoders.py``, not asserted here.)"""
     import pydicom
 
     from operators.decoding import decode_pixels
 
-    times = {}
-    for key in ("default", "ours"):
-        for _ in range(2):  # the second round is timed
-            fresh = pydicom.dcmread(corpus / f"{name}.dcm")
-            t = time.perf_counter()
-            decoded = decode_pixels(fresh) if key == "ours" else fresh.pixel_array
-            times[key] = time.perf_counter() - t
-        if key == "ours":
-            assert decoder in decoded.decoder and not decoded.lenient
-            np.testing.assert_array_equal(decoded.frames[0], reference)
-        else:
-            reference = decoded
-    assert times["ours"] < times["default"], times
+    reference = pydicom.dcmread(corpus / f"{name}.dcm").pixel_array
+    decoded = decode_pixels(pydicom.dcmread(corpus / f"{name}.dcm"))
+    assert decoder in decoded.decoder and not decoded.lenient
+    np.testing.assert_array_equal(decoded.frames[0], reference)
 
 
 def _full_and_reduced(paths: dict[str, Path], decoder_says: str) -> list[float]:
-    """Read each file at full and at reduced resolution (the second round timed: caches warm);
-    check that reduced is faster, names its decoder, and hardly changes the 224 px model input,
-    and that the shipped model gives the same labels. Returns every probability's change."""
-    import time
-
+    """Read each file at full and at reduced resolution; check that reduced names its decoder and
+    hardly changes the 224 px model input, and that the shipped model gives the same labels.
+    Returns every probability's change. (The speed-up is measured in ``benchmarks/decoders.py``.)"""
     import torch
 
     from operators.ensemble import Ensemble
@@ -124,16 +112,10 @@ def _full_and_reduced(paths: dict[str, Path], decoder_says: str) -> list[float]:
 
     package = load_package(ROOT / "app/models/default")
     pre = package.preprocessing
-    full_s = reduced_s = 0.0
     inputs = {"full": [], "reduced": []}
     for name, path in paths.items():
-        for _ in range(2):
-            t = time.perf_counter()
-            (full,) = read_file(path, max_side=pre.max_side, reduced_resolution=False).radiographs
-            t1 = time.perf_counter()
-            (reduced,) = read_file(path, max_side=pre.max_side).radiographs
-            t2 = time.perf_counter()
-        full_s, reduced_s = full_s + t1 - t, reduced_s + t2 - t1
+        (full,) = read_file(path, max_side=pre.max_side, reduced_resolution=False).radiographs
+        (reduced,) = read_file(path, max_side=pre.max_side).radiographs
         assert decoder_says in reduced.info.decoder, (name, reduced.info.decoder)
         assert "resolution" not in full.info.decoder and "scale" not in full.info.decoder, name
         assert reduced.info.original_shape == full.info.original_shape
@@ -142,7 +124,6 @@ def _full_and_reduced(paths: dict[str, Path], decoder_says: str) -> list[float]:
         assert (a - b).abs().mean() < 0.01 and (a - b).abs().max() < 0.25, name
         inputs["full"].append(a)
         inputs["reduced"].append(b)
-    assert reduced_s < full_s / 2, (reduced_s, full_s)
     ens = Ensemble(package, device="cpu")
     full_p, reduced_p = (ens.predict(pre.normalise(torch.stack(inputs[k]))) for k in ("full", "reduced"))
     diffs = []
@@ -152,7 +133,7 @@ def _full_and_reduced(paths: dict[str, Path], decoder_says: str) -> list[float]:
     return diffs
 
 
-def test_reduced_resolution_jpeg2000_is_faster_and_gives_the_model_the_same_picture(corpus):
+def test_reduced_resolution_jpeg2000_gives_the_model_the_same_picture(corpus):
     """Large grey JPEG 2000 decoded at half resolution: the 224 px model input barely changes."""
     names = ["wg04_RG2_J2KR", "wg04_RG3_J2KR", "wg04_RG1_J2KI", "wg04_RG2_J2KI", "wg04_RG3_J2KI", "cr_hand_j2k", "dx_chest_pa_j2k"]
     diffs = _full_and_reduced({n: corpus / f"{n}.dcm" for n in names}, "1/2 resolution")
@@ -174,8 +155,8 @@ def jpeg_twins(corpus, tmp_path_factory):
                         out / f"{n}_jpeg.dcm") for n in names}
 
 
-def test_reduced_resolution_jpeg_is_faster_and_gives_the_model_the_same_picture(jpeg_twins):
-    """8-bit lossy JPEG decoded with DCT scaling: same model input, same labels, a fraction of the time."""
+def test_reduced_resolution_jpeg_gives_the_model_the_same_picture(jpeg_twins):
+    """8-bit lossy JPEG decoded with DCT scaling: same model input, same labels."""
     diffs = _full_and_reduced(jpeg_twins, "JPEG at 1/2 scale")
     # The model is undecided on the hand (Feet 0.35-0.50, no label) and moves 0.15 there with the
     # intermediate size (833 vs 625 px before the 224 px resize); elsewhere it barely moves.
@@ -348,6 +329,7 @@ def _bad_inputs(folder: Path, corpus: Path) -> dict[str, str]:
     fac.save(fac.minimal("DX", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"]), folder / "scout.dcm")
     sr = fac.minimal("SR")
     del sr.PixelData
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
     fac.save(sr, folder / "report.dcm")
     nomod = fac.minimal("DX")
     del nomod.Modality

@@ -21,8 +21,9 @@ def test_values_are_read():
     s = Settings.from_env({"BODYPART_DEVICE": "cpu", "BODYPART_STACKER": "xgboost", "BODYPART_BATCH_SIZE": "4",
                            "BODYPART_WORKERS": "0", "BODYPART_KEEP_UIDS": "1", "BODYPART_DICOM_OUTPUTS": "0",
                            "BODYPART_COMPILE": "1", "BODYPART_SCHEDULER": "greedy", "BODYPART_GPU_DECODE": "off",
-                           "BODYPART_REDUCED_DECODE": "0"})
-    assert s == Settings("cpu", "xgboost", 4, 0, DecodeOptions("off", False), True, False, True, "greedy")
+                           "BODYPART_REDUCED_DECODE": "0", "BODYPART_FOLLOW_LINKS": "1", "BODYPART_FILE_TIME_LIMIT": "30"})
+    assert s == Settings("cpu", "xgboost", 4, 0, DecodeOptions("off", False, True, 30.0), True, False, True, "greedy")
+    assert Settings.from_env({"BODYPART_FILE_TIME_LIMIT": "0"}).decode.seconds_per_file is None  # 0: no limit
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -35,6 +36,8 @@ def test_values_are_read():
     ("BODYPART_GPU_DECODE", "fast", "use auto, on, off"),
     ("BODYPART_REDUCED_DECODE", "off", "use 1 (on) or 0 (off)"),
     ("BODYPART_SCHEDULER", "multi", "use event or greedy"),
+    ("BODYPART_FOLLOW_LINKS", "true", "use 1 (on) or 0 (off)"),
+    ("BODYPART_FILE_TIME_LIMIT", "-5", "at least 0"),
 ])
 def test_each_wrong_value_names_the_variable(name, value, message):
     with pytest.raises(SettingsError) as e:

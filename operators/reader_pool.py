@@ -1,0 +1,259 @@
+"""Reader processes that contain what a decoder does to them.
+
+Native decoders fed damaged files do not always raise: GDCM throws C++ exceptions through C and
+aborts the process, others crash or loop, and the kernel's OOM killer ends a process that asks
+for too much. With :class:`concurrent.futures.ProcessPoolExecutor` one such file breaks the
+whole pool (``BrokenProcessPool``) and with it the run. Here each reader holds one task (a few
+files) at a time, so the parent always knows what a reader held when it died or overran:
+
+- a reader that dies costs only what it held: a task of several files is retried one file per
+  task, and the file that kills its reader again is ``failed`` with the reason (which signal);
+- a task that overruns its time limit (per file) is killed the same way, and its file ``failed``
+  with the limit in the reason;
+- the dead or killed reader is replaced and the run goes on.
+
+Results come back in submission order, with at most ``read_ahead`` tasks in flight or waiting to
+be yielded, so memory stays bounded however many files there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
+
+log = logging.getLogger("bodypart")
+
+T = TypeVar("T")  # one item of a task (a file)
+R = TypeVar("R")  # what a task returns
+
+#: A reader that dies this many times in a row before it takes any task cannot start at all.
+MAX_START_FAILURES = 3
+
+
+class ReaderStartError(RuntimeError):
+    """Reader processes die before they can take any work (the run cannot go on)."""
+
+
+@dataclass
+class _Task(Generic[T]):
+    items: list[T]
+    result: Any = None
+    done: bool = False
+    worker: "_Reader | None" = None
+    deadline: float = 0.0
+
+
+@dataclass
+class _Reader:
+    process: Any
+    conn: Connection
+    ready: bool = False
+    task: _Task | None = field(default=None, repr=False)
+
+
+def _reader_main(conn: Connection, initializer: Callable | None, initargs: tuple) -> None:
+    """A reader's life: initialise, say ready, then run one task at a time until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when readers stop
+    if initializer is not None:
+        initializer(*initargs)
+    conn.send(("ready", None))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        fn, args = message
+        try:
+            conn.send(("ok", fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - the parent turns it into per-file reasons
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class ReaderPool(Generic[T, R]):
+    """Run ``fn(items, *args)`` on tasks in reader processes; see the module docstring.
+
+    Parameters
+    ----------
+    workers
+        Reader processes (at least 1).
+    fn
+        Picklable function of a task's items (and ``args``) returning ``R``.
+    failed
+        ``failed(items, reason)``: the result standing for a task whose reader died, overran or
+        raised; called with one item when the pool could tell which one.
+    context
+        The multiprocessing context (:func:`operators.processes.worker_context`).
+    seconds_per_item
+        Time limit of a task per item it holds; ``None``: no limit.
+    """
+
+    def __init__(self, workers: int, fn: Callable[..., R], failed: Callable[[list[T], str], R], context: BaseContext,
+                 args: tuple = (), initializer: Callable | None = None, initargs: tuple = (),
+                 seconds_per_item: float | None = None):
+        if workers < 1:
+            raise ValueError("a reader pool needs at least one reader")
+        self.fn, self.args, self.failed = fn, args, failed
+        self.context, self.initializer, self.initargs = context, initializer, initargs
+        self.seconds_per_item = seconds_per_item
+        self.readers: list[_Reader] = []
+        self.replaced = 0  # readers that died or were killed and were started anew
+        self._start_failures = 0
+        for _ in range(workers):
+            self._start_reader()
+
+    # -- the public loop ---------------------------------------------------------------------
+
+    def imap(self, tasks: Iterable[Sequence[T]], read_ahead: int) -> Iterator[R]:
+        """Results of ``tasks`` in order; at most ``read_ahead`` tasks submitted and not yet yielded."""
+        queue: deque[_Task] = deque()
+        source = iter(tasks)
+        exhausted = False
+        while True:
+            while not exhausted and len(queue) < max(read_ahead, 1):
+                items = next(source, None)
+                if items is None:
+                    exhausted = True
+                else:
+                    queue.append(_Task(list(items)))
+            while queue and queue[0].done:
+                yield queue.popleft().result
+            if not queue:
+                if exhausted:
+                    return
+                continue
+            self._dispatch(queue)
+            self._collect(queue)
+
+    def close(self) -> None:
+        """Stop every reader (politely, then by force)."""
+        for r in self.readers:
+            try:
+                r.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 5
+        for r in self.readers:
+            r.process.join(max(0.0, deadline - time.monotonic()))
+            if r.process.is_alive():
+                r.process.kill()
+                r.process.join()
+            r.conn.close()
+        self.readers = []
+
+    def __enter__(self) -> "ReaderPool[T, R]":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _start_reader(self) -> _Reader:
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=_reader_main, args=(child, self.initializer, self.initargs), daemon=True)
+        process.start()
+        child.close()
+        reader = _Reader(process, parent)
+        self.readers.append(reader)
+        return reader
+
+    def _dispatch(self, queue: deque[_Task]) -> None:
+        idle = [r for r in self.readers if r.ready and r.task is None]
+        for task in queue:
+            if not idle:
+                return
+            if task.done or task.worker is not None:
+                continue
+            reader = idle.pop()
+            task.worker, reader.task = reader, task
+            limit = self.seconds_per_item * len(task.items) if self.seconds_per_item else None
+            task.deadline = time.monotonic() + limit if limit else float("inf")
+            try:
+                reader.conn.send((self.fn, (task.items, *self.args)))
+            except (OSError, ValueError):  # died between tasks: noticed in _collect
+                pass
+
+    def _collect(self, queue: deque[_Task]) -> None:
+        """Wait for one event (a result, a reader's death, a deadline) and handle every one that is ready."""
+        busy = [r for r in self.readers if r.task is not None or not r.ready]
+        deadline = min((r.task.deadline for r in busy if r.task is not None), default=float("inf"))
+        timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
+        waitables = [r.conn for r in busy] + [r.process.sentinel for r in busy]
+        if waitables:
+            wait(waitables, timeout)
+        now = time.monotonic()
+        for reader in list(self.readers):
+            if reader.conn.poll() if not reader.conn.closed else False:
+                try:
+                    kind, payload = reader.conn.recv()
+                except (EOFError, OSError):
+                    self._lost(reader, queue, self._death_reason(reader))
+                    continue
+                if kind == "ready":
+                    reader.ready = True
+                    self._start_failures = 0
+                else:
+                    self._finish(reader, payload if kind == "ok" else None, None if kind == "ok" else f"reader error: {payload}")
+            elif not reader.process.is_alive():
+                self._lost(reader, queue, self._death_reason(reader))
+            elif reader.task is not None and now >= reader.task.deadline:
+                seconds = self.seconds_per_item
+                reader.process.kill()
+                reader.process.join()
+                self._lost(reader, queue, f"decoding took longer than {seconds:g} s per file (time limit); reader stopped")
+
+    def _finish(self, reader: _Reader, result: Any, error: str | None) -> None:
+        task = reader.task
+        reader.task = None
+        if task is None:
+            return
+        task.worker = None
+        task.result = result if error is None else self.failed(task.items, error)
+        task.done = True
+
+    def _lost(self, reader: _Reader, queue: deque[_Task], reason: str) -> None:
+        """A reader died or was killed: replace it; fail or split the task it held."""
+        task = reader.task
+        self.readers.remove(reader)
+        reader.conn.close()
+        reader.process.join(1)
+        if not reader.ready:
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                raise ReaderStartError(f"reader processes die before taking any work ({reason})")
+        log.warning("%s; starting a new reader", reason)
+        self.replaced += 1
+        self._start_reader()
+        if task is None:
+            return
+        task.worker = None
+        if len(task.items) == 1:
+            task.result, task.done = self.failed(task.items, reason), True
+            return
+        # Several files: which one did it? Retry each alone, in place (order kept).
+        at = queue.index(task)
+        queue.remove(task)
+        for k, item in enumerate(task.items):
+            queue.insert(at + k, _Task([item]))
+
+    @staticmethod
+    def _death_reason(reader: _Reader) -> str:
+        reader.process.join(1)
+        code = reader.process.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            why = {"SIGKILL": "killed, often by the out-of-memory killer", "SIGSEGV": "a decoder crashed",
+                   "SIGABRT": "a decoder aborted", "SIGBUS": "a decoder crashed"}.get(name, "killed")
+            return f"reader process died while decoding ({name}: {why})"
+        return f"reader process died while decoding (exit code {code})"
