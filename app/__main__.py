@@ -24,15 +24,22 @@ def main() -> int:
 
     setup_logging()
     from operators.model_package import ModelPackageError
+    from operators.output_files import OutputError
 
-    from .app import BodyPartApp
+    from .app import BodyPartApp, InputPathError
     from .settings import SettingsError
 
+    app = BodyPartApp()
     try:
-        BodyPartApp().run()
-    except (ModelPackageError, SettingsError) as e:
+        app.run()
+    except (ModelPackageError, SettingsError, OutputError, InputPathError) as e:
+        # before any work: one clear line, no traceback
         logging.getLogger("bodypart").error("%s", e)
         return 2
+    status = getattr(app, "run_status", None)
+    if status is not None and status.incomplete_reason:
+        logging.getLogger("bodypart").error("the run did not complete: %s", status.incomplete_reason)
+        return 1
     return 0
 
 

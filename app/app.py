@@ -38,7 +38,9 @@ from operators.holoscan_operators import (
 )
 from operators.model_package import ModelPackageError, load_package
 from operators.dicom_outputs import DicomOutputs
+from operators.output_files import OutputFolderLock
 from operators.results import ModelInfo
+from operators.run_status import RunStatus
 from operators.sr import Algorithm
 
 from .settings import Settings
@@ -58,6 +60,10 @@ def resolve_model_path(given: str | os.PathLike | None) -> Path:
     return DEFAULT_MODEL
 
 
+class InputPathError(FileNotFoundError):
+    """The input path given to the app does not exist."""
+
+
 class BodyPartApp(Application):
     """Radiograph body-part identifier (MONAI Deploy App SDK)."""
 
@@ -69,22 +75,27 @@ class BodyPartApp(Application):
         context = Application.init_app_context(self.argv)
         input_path, output_path = Path(context.input_path), Path(context.output_path)
         settings = Settings.from_env()  # fails, like the package, before any work starts
+        if not os.path.lexists(input_path):
+            raise InputPathError(f"input {input_path} does not exist")
+        # One run per output folder; also proves the folder writable before any work.
+        self.output_lock = OutputFolderLock(output_path).acquire()
+        self.run_status = run = RunStatus()
         package = load_package(resolve_model_path(context.model_path))
         ensemble = Ensemble(package, device=settings.device, stacker=settings.stacker, compile=settings.compile)
         log.info("model %s %s on %s; input %s; output %s", package.name, package.version, ensemble.device, input_path, output_path)
 
-        loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path,
+        loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path, run=run,
                                           preprocessing=package.preprocessing, batch_size=settings.batch_size,
                                           workers=settings.workers, decode=settings.decode, name="radiograph_loader")
         catalogue = Catalogue.default()
         classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=catalogue, name="bodypart_classifier")
         algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)
-        dicom = DicomOutputsOperator(self, name="dicom_outputs", outputs=DicomOutputs(
+        dicom = DicomOutputsOperator(self, name="dicom_outputs", run=run, outputs=DicomOutputs(
             output_path, algorithm, catalogue, keep_uids=settings.keep_uids,
             corrected=settings.dicom_outputs, reports=settings.dicom_outputs, workers=max(1, settings.workers)))
-        results = ResultsWriterOperator(self, output_path=output_path, name="results_writer",
-                                        run={"app": {"name": self.name, "version": self.version}, "input": str(input_path),
-                                             "model": ModelInfo.of(ensemble).to_json()})
+        results = ResultsWriterOperator(self, output_path=output_path, name="results_writer", run=run,
+                                        run_info={"app": {"name": self.name, "version": self.version}, "input": str(input_path),
+                                                  "model": ModelInfo.of(ensemble).to_json()})
 
         self.add_flow(loader, classifier, {("batch", "batch")})
         self.add_flow(classifier, dicom, {("results", "results")})

@@ -18,6 +18,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from .catalogue import SCT, AnatomyTerm
+from .output_files import write_atomically
 from .radiograph import read_dataset
 
 MODIFYING_SYSTEM = "bodypart-xr"
@@ -147,7 +148,6 @@ def _complete_file_meta(ds: Dataset) -> None:
 
 
 def write_corrected(ds: Dataset, path: Path) -> Path:
-    """Write as a DICOM Part 10 file, in the source's transfer syntax."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """Write as a DICOM Part 10 file, in the source's transfer syntax; the file appears whole or
+    not at all (:func:`operators.output_files.write_atomically`)."""
+    return write_atomically(path, lambda fh: ds.save_as(fh, enforce_file_format=True))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+
+import pydicom
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path, PurePosixPath
 from typing import Sequence
@@ -13,8 +15,9 @@ from typing import Sequence
 from .catalogue import Catalogue
 from .corrected_tags import corrected_dataset, write_corrected
 from .outcome import InputOutcome, Status
+from .output_files import fatal_output_error, write_atomically
 from .processes import worker_context
-from .radiograph import Radiograph
+from .radiograph import Radiograph, file_identity
 from .sr import Algorithm, ReportedImage, evidence_header, referenceable, text_report, tid1500_report
 
 log = logging.getLogger("bodypart")
@@ -49,7 +52,9 @@ class DicomOutputs:
         self.algorithm, self.catalogue, self.keep_uids = algorithm, catalogue, keep_uids
         self.write_corrected, self.write_reports = corrected, reports
         self.series_map: dict[str, str] = {}
-        self.studies: dict[str, list[tuple[ReportedImage, Path]]] = {}
+        #: per study: each image's result and its source header as the SR copies it (read once, when
+        #: the image is added: a source that changes or vanishes later cannot break its study's SR)
+        self.studies: dict[str, list[tuple[ReportedImage, pydicom.Dataset]]] = {}
         self.sr_series: dict[str, tuple[str, str]] = {}
 
     def sr_paths(self, study_uid: str | None) -> dict[str, str]:
@@ -72,11 +77,12 @@ class DicomOutputs:
                     body_part_examined=d.get("body_part_examined"), needs_review=bool(d["needs_review"]),
                     review_reason=d.get("review_reason"),
                 )
-                if referenceable(image):
-                    self.studies.setdefault(item.study_instance_uid or "", []).append((image, item.path))
-                    outputs.update(self.sr_paths(item.study_instance_uid))
-                else:
+                header = None
+                if not referenceable(image):
                     d["sr_reason"] = "not in the SR: the source's SOP Class or Instance UID is not a valid UID"
+                elif (header := _evidence_or_reason(item, d)) is not None:
+                    self.studies.setdefault(item.study_instance_uid or "", []).append((image, header))
+                    outputs.update(self.sr_paths(item.study_instance_uid))
             d["outputs"] = outputs
         return list(outcomes)
 
@@ -90,11 +96,19 @@ class DicomOutputs:
         rel = PurePosixPath("dicom") / item.source
         if rel.suffix.lower() != ".dcm":
             rel = rel.with_name(rel.name + ".dcm")
+        if item.file_identity is not None and file_identity(item.path) != item.file_identity:
+            # the copy would carry pixels other than the ones classified
+            d["corrected_reason"] = "not written: the source file changed or vanished after it was read"
+            log.warning("%s: corrected copy not written (source changed after reading)", item.source)
+            return None
         try:
             ds = corrected_dataset(item.path, term, f"{self.algorithm.model_name} {self.algorithm.model_version}",
                                    keep_uids=self.keep_uids, series_uid_map=self.series_map)
             write_corrected(ds, self.output_dir / rel)
-        except Exception as e:  # noqa: BLE001 - one file's copy never stops the run
+        except Exception as e:  # noqa: BLE001 - one file's copy never stops the run; a full disk does
+            fatal = fatal_output_error(e, self.output_dir / rel)
+            if fatal is not None:
+                raise fatal from e
             # The message may quote attribute values: keep it out of the log unless debugging.
             log.warning("%s: corrected copy not written (%s)", item.source, type(e).__name__)
             log.debug("%s: %s", item.source, e)
@@ -146,24 +160,42 @@ def write_study_reports(paths: dict[str, str], study: str, entries: list[tuple[R
         with warnings.catch_warnings():
             # highdicom's person-name warnings quote the name: keep patient data out of logs
             warnings.filterwarnings("ignore", message=".*person name.*")
-            evidence = _unique_evidence(path for _, path in entries)
+            evidence = _unique_evidence(header for _, header in entries)
             images = [img for img, _ in entries]
             for key, build in (("sr", lambda: tid1500_report(images, evidence, algorithm, catalogue)),
                                ("sr_text", lambda: text_report(images, evidence, algorithm))):
-                target = Path(output_dir) / paths[key]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                build().save_as(target, enforce_file_format=True)
-                written.append(target)
-    except Exception as e:  # noqa: BLE001 - one study's SR never stops the others
+                report = build()
+                written.append(write_atomically(Path(output_dir) / paths[key], lambda fh: report.save_as(fh, enforce_file_format=True)))
+    except Exception as e:  # noqa: BLE001 - one study's SR never stops the others; a full disk does
+        fatal = fatal_output_error(e, output_dir)
+        if fatal is not None:
+            raise fatal from e
         log.debug("study %s: %s", study or "unknown", e)
         return written, study, type(e).__name__
     return written, study, None
 
 
-def _unique_evidence(paths) -> list:
+def _evidence_or_reason(item: Radiograph, d: dict) -> "pydicom.Dataset | None":
+    """The source header an SR copies, or ``None`` with ``d["sr_reason"]`` saying why not."""
+    if item.file_identity is not None and file_identity(item.path) != item.file_identity:
+        d["sr_reason"] = "not in the SR: the source file changed or vanished after it was read"
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*person name.*")  # the warning quotes the name
+            header = evidence_header(item.path)
+            for _ in header.iterall():  # parse every value now, not in the middle of building a study's SR
+                pass
+    except Exception as e:  # noqa: BLE001 - a header that cannot be copied costs this image, not its study
+        d["sr_reason"] = f"not in the SR: its header cannot be copied into an SR ({type(e).__name__})"
+        log.warning("%s: left out of its study's SR (%s)", item.source, type(e).__name__)
+        return None
+    return header
+
+
+def _unique_evidence(headers) -> list:
     seen, out = set(), []
-    for p in paths:
-        ds = evidence_header(p)
+    for ds in headers:
         if ds.SOPInstanceUID not in seen:
             seen.add(ds.SOPInstanceUID)
             out.append(ds)

@@ -106,19 +106,28 @@ class ResultsWriter:
         self.run = dict(run)
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.partial = self.output_dir / "results.jsonl"
-        self._fh = open(self.partial, "w", encoding="utf-8")
+        self._fh = open(self.partial, "wb", buffering=0)  # unbuffered: a failed write can be undone
         self.counts: dict[str, int] = {}
         self.needs_review = 0
         self.closed = False
 
     def add(self, outcomes: Iterable[InputOutcome]) -> None:
-        for outcome in outcomes:
-            record = instance_record(outcome)
+        """Append one batch's records; on a write error (a full disk) the file keeps only whole lines."""
+        records = [instance_record(outcome) for outcome in outcomes]
+        data = "".join(json.dumps(record) + "\n" for record in records).encode("utf-8")
+        start = self._fh.tell()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._fh.write(view):]
+            os.fsync(self._fh.fileno())
+        except OSError:
+            os.ftruncate(self._fh.fileno(), start)  # no half line for a reader of the JSONL
+            self._fh.seek(start)
+            raise
+        for record in records:
             self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
             self.needs_review += bool(record["status"] == "classified" and record["needs_review"])
-            self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
 
     def close(self, interrupted: str | None = None) -> Path:
         """Write ``results.json`` (streamed from the JSONL, so memory stays flat)."""
@@ -137,14 +146,18 @@ class ResultsWriter:
             "interrupted_reason": interrupted,
             "summary": {**self.counts, "needs_review": self.needs_review},
         }
-        with open(tmp, "w", encoding="utf-8") as out, open(self.partial, encoding="utf-8") as src:
-            text = json.dumps(head, indent=2)
-            out.write(text[:-2] + ',\n  "instances": [')
-            first = True
-            for line in src:
-                out.write(("\n    " if first else ",\n    ") + line.strip())
-                first = False
-            out.write("\n  ]\n}\n")
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "w", encoding="utf-8") as out, open(self.partial, encoding="utf-8") as src:
+                text = json.dumps(head, indent=2)
+                out.write(text[:-2] + ',\n  "instances": [')
+                first = True
+                for line in src:
+                    out.write(("\n    " if first else ",\n    ") + line.strip())
+                    first = False
+                out.write("\n  ]\n}\n")
+            os.replace(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # results.jsonl keeps every result recorded
+            raise
         self.partial.unlink()
         return final
