@@ -201,16 +201,25 @@ def absurd_attributes(lay: Layout, rng: random.Random, others: list[Layout]) -> 
     ], k=rng.randint(1, 3))
     if rng.random() < 0.3:  # the classic bombs, as the issue names them
         changes = [("Rows", 60000), ("Columns", 60000)] if rng.random() < 0.5 else [("NumberOfFrames", "10000")]
+    swaps = []
     for keyword, value in changes:
         try:
             setattr(ds, keyword, value)
-        except Exception:  # pydicom refuses some values for their VR: write the raw value instead
-            tag = pydicom.datadict.tag_for_keyword(keyword)
-            vr = pydicom.datadict.dictionary_VR(tag)
-            ds[tag] = pydicom.DataElement(tag, vr, str(value).encode())
+        except Exception:  # pydicom refuses the value for its VR: write a stand-in, put the bytes in after
+            stand_in = "9" * len(str(value))
+            setattr(ds, keyword, stand_in)
+            swaps.append((stand_in, str(value)))
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=False)
-    return out.getvalue()
+    data = out.getvalue()
+    for stand_in, value in swaps:
+        data = data.replace(_padded(stand_in), _padded(value), 1)
+    return data
+
+
+def _padded(text: str) -> bytes:
+    raw = text.encode()
+    return raw + b" " if len(raw) % 2 else raw
 
 
 def deep_nesting(lay: Layout, rng: random.Random, others: list[Layout]) -> bytes:
