@@ -391,9 +391,14 @@ def to_grey(stored: np.ndarray, ds: pydicom.Dataset, max_side: int | None = DEFA
 
     if "ModalityLUTSequence" in ds:  # a table: look up full-resolution values, then shrink
         values = area_downsample(np.asarray(apply_modality_lut(stored, ds), dtype=np.float32), max_side)
+        if not np.isfinite(values).all():
+            raise InputError("the Modality LUT gives values out of range")
     else:  # rescale is linear: shrinking first gives the same values for a fraction of the work
         slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-        values = area_downsample(stored, max_side) * np.float32(slope) + np.float32(intercept)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            values = area_downsample(stored, max_side) * np.float32(slope) + np.float32(intercept)
+        if not np.isfinite(values).all():
+            raise InputError(f"Rescale Slope {slope:g} and Intercept {intercept:g} give values out of range")
     values, voi = _apply_voi(values, ds)
     shape = str(ds.get("PresentationLUTShape", "") or "").upper()
     inverted = photometric == "MONOCHROME1" or shape == "INVERSE"
@@ -420,7 +425,7 @@ def _apply_voi(values: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, str
     if centers is not None and widths is not None:
         c = float(centers[0] if isinstance(centers, pydicom.multival.MultiValue) else centers)
         w = float(widths[0] if isinstance(widths, pydicom.multival.MultiValue) else widths)
-        if w > 0:
+        if 0 < w < 1e30 and abs(c) < 1e30:  # NaN, infinite or absurd windows are no window (float32 range)
             windowed = _window(values, c, w, str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper())
             inside = np.count_nonzero((windowed > 0) & (windowed < 1)) / windowed.size
             # Raw detector images sometimes carry a window for other data: ignore one that
@@ -619,7 +624,10 @@ def _finish(o: _Opened, decoded: DecodedPixels | None, max_side: int | None, red
         return FileRead([], _outcome(source, ds, Status.FAILED, "out of memory while decoding"))
     except RecursionError:
         return FileRead([], _outcome(source, ds, Status.FAILED, "data set nested too deeply to decode"))
-    except Exception as e:  # any decoder plugin's own exception types: one clear line, run goes on
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - any decoder plugin's own types, even a Rust panic
+        # (pyo3's PanicException, from pylibjpeg-rle on a damaged stream, is not an Exception)
         return FileRead([], _outcome(source, ds, Status.FAILED, f"cannot decode: {type(e).__name__}: {short_reason(e)}"))
 
 

@@ -240,6 +240,21 @@ def test_an_image_cut_off_before_its_pixels_is_failed_not_skipped(corpus, tmp_pa
     assert "no Pixel Data in a" in outcome.reason and "truncated or damaged" in outcome.reason
 
 
+@pytest.mark.parametrize("slope, width, want", [
+    ("1e300", "100", "failed: Rescale Slope 1e+300 and Intercept 0 give values out of range"),
+    ("NaN", "100", "failed: Rescale Slope nan and Intercept 0 give values out of range"),
+    ("1", "1e308", "none"), ("1", "NaN", "none"), ("1", "inf", "none"),  # no usable window: none applied
+    ("1", "100", "window"),
+])
+def test_absurd_rescale_fails_and_absurd_windows_are_ignored(corpus, tmp_path, slope, width, want):
+    ds = fac.load(corpus / "wg04_RG3_UNCR.dcm")
+    ds.RescaleSlope, ds.RescaleIntercept, ds.WindowCenter = slope, "0", "500"
+    ds["WindowWidth"] = pydicom.DataElement(0x00281051, "DS", width.encode())  # as a damaged file holds it
+    read = read_file(fac.save(ds, tmp_path / "x.dcm"))
+    got = f"failed: {read.outcome.reason}" if read.outcome else read.radiographs[0].info.voi
+    assert got == want
+
+
 def test_a_code_stream_larger_than_its_header_is_refused(corpus):
     ds = pydicom.dcmread(corpus / "cr_hand_j2k.dcm")
     ds.Rows, ds.Columns = ds.Rows // 2, ds.Columns // 2  # the J2K stream still says full size
