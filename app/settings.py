@@ -62,7 +62,8 @@ class Settings:
         if gpu_decode == "on" and (reason := unavailable_reason()):
             raise SettingsError(f"BODYPART_GPU_DECODE=on: GPU decoding is unavailable here ({reason})")
         time_limit = _int(env, "BODYPART_FILE_TIME_LIMIT", 120, minimum=0)
-        decode = DecodeOptions(gpu=gpu_decode, reduced_resolution=_flag(env, "BODYPART_REDUCED_DECODE", True),
+        decode = DecodeOptions(gpu=gpu_decode, gpu_device=device if device and device.startswith("cuda") else "cuda",
+                               reduced_resolution=_flag(env, "BODYPART_REDUCED_DECODE", True),
                                follow_links=_flag(env, "BODYPART_FOLLOW_LINKS", False),
                                seconds_per_file=float(time_limit) if time_limit else None)
         scheduler = env.get("BODYPART_SCHEDULER", "event")

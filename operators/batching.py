@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice
@@ -52,10 +53,12 @@ class DecodeOptions:
     ``reduced_resolution``: decode large grey JPEG 2000 and 8-bit lossy JPEG at reduced resolution
     on the CPU (:func:`operators.decoding.decode_reduced`); ``follow_links``: read through links to
     outside the input folder; ``seconds_per_file``: a reader that takes longer on one file is
-    stopped and the file fails (``None``: no limit); ``limits``: the largest image decoded.
+    stopped and the file fails (``None``: no limit); ``limits``: the largest image decoded;
+    ``gpu_device``: the CUDA device GPU decoding runs on (the networks' device, ``cuda:1`` say).
     """
 
     gpu: str = "off"
+    gpu_device: str = "cuda"
     reduced_resolution: bool = True
     follow_links: bool = False
     seconds_per_file: float | None = 120.0
@@ -64,6 +67,8 @@ class DecodeOptions:
     def __post_init__(self) -> None:
         if self.gpu not in GPU_DECODE_MODES:
             raise ValueError(f"GPU decode mode must be one of {', '.join(GPU_DECODE_MODES)}, not {self.gpu!r}")
+        if not re.fullmatch(r"cuda(:\d+)?", self.gpu_device):
+            raise ValueError(f"GPU decoding runs on a CUDA device (cuda or cuda:N), not {self.gpu_device!r}")
         if self.seconds_per_file is not None and not self.seconds_per_file > 0:
             raise ValueError(f"seconds_per_file must be positive, not {self.seconds_per_file!r}")
 
@@ -121,7 +126,7 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
     """
     files = iter_input_files(root, decode.follow_links)
     if workers <= 0:
-        gpu = GpuDecoder.create(decode.gpu)
+        gpu = GpuDecoder.create(decode.gpu, decode.gpu_device)
         for chunk in _chunks(files, GPU_FILES_PER_CALL if gpu else 1):
             yield from prepare_files(chunk, root, preprocessing, gpu, decode)
         return
@@ -135,7 +140,7 @@ def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
         return [(InputOutcome(relative_source(p, root), Status.FAILED, reason), None) for p in paths]
 
     with ReaderPool(workers, prepare_in_reader, failed, worker_context(), args=(root, preprocessing, decode),
-                    initializer=_reader_init, initargs=(decode.gpu, decode.limits, logging.getLogger("bodypart").isEnabledFor(logging.DEBUG)),
+                    initializer=_reader_init, initargs=(decode.gpu, decode.gpu_device, decode.limits, logging.getLogger("bodypart").isEnabledFor(logging.DEBUG)),
                     seconds_per_item=decode.seconds_per_file) as pool:
         read_ahead = workers * (4 if per_task == 1 else 2)  # tasks in flight per reader: reads ahead, bounded
         for prepared in pool.imap(_chunks(files, per_task), read_ahead):
@@ -147,13 +152,14 @@ def _chunks(items: Iterator[Path], n: int) -> Iterator[list[Path]]:
         yield chunk
 
 
-def _reader_init(gpu_decode: str = "off", limits: ImageLimits = ImageLimits(), verbose: bool = False) -> None:
+def _reader_init(gpu_decode: str = "off", gpu_device: str = "cuda", limits: ImageLimits = ImageLimits(),
+                 verbose: bool = False) -> None:
     from .report import quiet_pydicom
 
     torch.set_num_threads(1)  # parallelism comes from the processes
     quiet_pydicom(verbose)
     limit_reader_memory(limits)
-    _WORKER_GPU[0] = GpuDecoder.create(gpu_decode)
+    _WORKER_GPU[0] = GpuDecoder.create(gpu_decode, gpu_device)
 
 
 def limit_reader_memory(limits: ImageLimits) -> int | None:

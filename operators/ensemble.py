@@ -71,6 +71,7 @@ class Ensemble:
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r} ({', '.join(PRECISIONS)})")
         self.stacker_kind = stacker or package.stacker_kind
+        calibration = package.calibration(self.stacker_kind)  # refuses a stacker without thresholds
         self.stacker = package.load_stacker(self.stacker_kind)
         n = len(package.classes)
         self.networks: list[torch.nn.Module] = []
@@ -86,9 +87,9 @@ class Ensemble:
         self.compiled = compile
         self._padded_batch = 0  # compiled graphs are specialised to a batch size: pad to one size
         self.known = np.asarray(package.known_mask, bool)
-        temps = package.metadata.get("calibration", {}).get("temperature")
+        temps = calibration.temperatures
         self.temperatures = np.asarray([temps[c] for c in package.classes], float) if temps else None
-        self.thresholds = np.asarray([package.thresholds[c] for c in package.classes], float)
+        self.thresholds = np.asarray([calibration.thresholds[c] for c in package.classes], float)
 
     @property
     def member_names(self) -> list[str]:
@@ -113,8 +114,8 @@ class Ensemble:
     def predict(self, batch: torch.Tensor) -> list[Prediction]:
         members = self.member_probabilities(batch)
         stacked = self.stacker.predict(members)
-        if self.temperatures is not None and self.stacker_kind == self.package.stacker_kind:
-            stacked = apply_temperatures(stacked, self.temperatures)  # fitted for the package's stacker
+        if self.temperatures is not None:
+            stacked = apply_temperatures(stacked, self.temperatures)  # fitted for this stacker
         return [self._decide(stacked[i], members[i]) for i in range(stacked.shape[0])]
 
     def _decide(self, probs: np.ndarray, members: np.ndarray) -> Prediction:

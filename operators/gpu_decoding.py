@@ -123,8 +123,8 @@ class GpuDecoder:
             from nvidia import nvimgcodec
 
             dev = torch.device(device)
-            with torch.cuda.device(dev):
-                decoder = nvimgcodec.Decoder()
+            with torch.cuda.device(dev):  # nvImageCodec's default device is the current one
+                decoder = nvimgcodec.Decoder(device_id=torch.cuda.current_device())
             grey = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED)
             colour = nvimgcodec.DecodeParams(allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.SRGB)
             return cls(decoder, grey, colour, dev)

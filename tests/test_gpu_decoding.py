@@ -200,3 +200,34 @@ def test_readers_take_several_files_per_gpu_call_in_order(gpu_inputs, corpus, mo
         assert [i.source for i, _ in other] == [i.source for i, _ in plain]
         for (_, a), (_, b) in zip(plain, other):
             assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
+
+
+def test_gpu_decoding_runs_on_the_networks_cuda_device(corpus, monkeypatch):
+    """``BODYPART_DEVICE=cuda:1`` puts the readers' GPU decoders on cuda:1, not the default device."""
+    from app.settings import Settings
+    from operators import batching
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("operators.gpu_decoding.unavailable_reason", lambda: None)
+    settings = Settings.from_env({"BODYPART_DEVICE": "cuda:1", "BODYPART_GPU_DECODE": "auto"})
+    assert settings.decode.gpu_device == "cuda:1"
+    assert Settings.from_env({"BODYPART_DEVICE": "cuda", "BODYPART_GPU_DECODE": "auto"}).decode.gpu_device == "cuda"
+    asked = []
+    monkeypatch.setattr(batching.GpuDecoder, "create", classmethod(lambda cls, mode="auto", device="cuda": asked.append(device)))
+    next(batching.iter_prepared(corpus, Preprocessing(size=64), workers=0, decode=settings.decode))
+    assert asked == ["cuda:1"]
+
+    class Started(Exception):
+        pass
+
+    def pool(*args, initializer, initargs, **kwargs):  # each reader process runs initializer(*initargs) first
+        assert initializer is batching._reader_init
+        asked.append(initargs[1])
+        raise Started
+
+    monkeypatch.setattr(batching, "ReaderPool", pool)
+    with pytest.raises(Started):
+        next(batching.iter_prepared(corpus, Preprocessing(size=64), workers=2, decode=settings.decode))
+    assert asked == ["cuda:1", "cuda:1"]
+    with pytest.raises(ValueError, match="cuda or cuda:N"):
+        DecodeOptions(gpu_device="cpu")

@@ -222,10 +222,11 @@ def test_package_calibration_is_applied_by_the_ensemble(tiny_run, corpus, tmp_pa
     from operators.stacking import apply_temperatures
 
     meta = json.loads((tiny_run / "package/configs/metadata.json").read_text())
-    assert "calibration" in meta and set(meta["calibration"]["temperature"]) == set(meta["classes"])
+    own = meta["stacker"]["calibrations"][meta["stacker"]["kind"]]
+    assert set(own["temperatures"]) == set(meta["classes"])
     pkg_dir = tmp_path / "pkg"
     shutil.copytree(tiny_run / "package", pkg_dir)
-    meta["calibration"]["temperature"] = {c: 2.0 for c in meta["classes"]}
+    own["temperatures"] = {c: 2.0 for c in meta["classes"]}
     (pkg_dir / "configs/metadata.json").write_text(json.dumps(meta))
     refresh_checksums(pkg_dir)
     ens = Ensemble(load_package(pkg_dir), device="cpu")

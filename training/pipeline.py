@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from operators.catalogue import Catalogue
-from operators.model_package import Decision, Member, write_package
+from operators.model_package import Decision, Member, StackerCalibration, write_package
 from operators.preprocessing import Preprocessing
 from operators.stacking import LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures, fit_temperatures
 
@@ -148,11 +148,11 @@ def run_training(
     if "xgboost" in config.stackers:
         stackers["xgboost"] = XGBoostStacker.fit(val_m, y[va], seed=config.seed)
     default = config.default_stacker if config.default_stacker in stackers else "mean"
-    val_default = stackers[default].predict(val_m)
-    temperatures = fit_temperatures(val_default, y[va]) if config.calibrate else None
-    if temperatures is not None:
-        val_default = apply_temperatures(val_default, temperatures)
-    thresholds = tune_thresholds(val_default, y[va], catalogue.names) if config.tune_thresholds else {c: 0.5 for c in catalogue.names}
+    # every stacker gets its own temperatures and thresholds: one stacker's do not fit another's probabilities
+    calibrations = {name: _calibrate(st.predict(val_m), y[va], catalogue.names, config) for name, st in stackers.items()}
+    temperatures = (np.asarray([calibrations[default].temperatures[c] for c in catalogue.names])
+                    if calibrations[default].temperatures else None)
+    thresholds = calibrations[default].thresholds
 
     evaluations: dict[str, Any] = {}
     test_y = y[te]
@@ -191,21 +191,29 @@ def run_training(
         output / "package", name=config.name, version=config.version, classes=catalogue.names, trained_classes=trained,
         preprocessing=pre, members=members,
         stackers={k: v.to_json() for k, v in stackers.items() if k != "mean"}, default_stacker=default,
-        thresholds=thresholds, decision=Decision(review_margin=config.review_margin),
+        calibrations=calibrations, decision=Decision(review_margin=config.review_margin),
         extra={
             "class_counts": counts,
             "training_data": [{"source": s, "license": l} for s, l in sources],
             "metrics": {"test": {k: _headline(v) for k, v in evaluations.items()}, "split": summary["split_sizes"],
                         "holdout_sources": list(holdout_sources)},
             "training_config": config.to_json(),
-            **({"calibration": {"stacker": default, "temperature": dict(zip(catalogue.names, temperatures.tolist()))}}
-               if temperatures is not None else {}),
         },
         model_card=card,
         weights_dtype=getattr(torch, config.weights_dtype),
     )
     log.info("package written to %s (%.0fs in all)", package, summary["seconds"])
     return package
+
+
+def _calibrate(val_probs: np.ndarray, val_y: np.ndarray, classes: list[str], config) -> StackerCalibration:
+    """Temperatures (when ``config.calibrate``) and thresholds of one stacker, on validation."""
+    temperatures = fit_temperatures(val_probs, val_y) if config.calibrate else None
+    if temperatures is not None:
+        val_probs = apply_temperatures(val_probs, temperatures)
+    thresholds = tune_thresholds(val_probs, val_y, classes) if config.tune_thresholds else {c: 0.5 for c in classes}
+    return StackerCalibration({c: float(thresholds[c]) for c in classes},
+                              dict(zip(classes, temperatures.tolist())) if temperatures is not None else None)
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
