@@ -43,7 +43,7 @@ from operators.results import ModelInfo
 from operators.run_status import RunStatus
 from operators.sr import Algorithm
 
-from .settings import Settings
+from .settings import SECTION, Settings, SettingsError, config_path
 
 log = logging.getLogger("bodypart")
 
@@ -74,7 +74,7 @@ class BodyPartApp(Application):
     def compose(self) -> None:
         context = Application.init_app_context(self.argv)
         input_path, output_path = Path(context.input_path), Path(context.output_path)
-        settings = Settings.from_env()  # fails, like the package, before any work starts
+        settings = self._settings()  # fails, like the package, before any work starts
         if not os.path.lexists(input_path):
             raise InputPathError(f"input {input_path} does not exist")
         # One run per output folder; also proves the folder writable before any work.
@@ -105,3 +105,14 @@ class BodyPartApp(Application):
             # Operators in their own threads: the networks (torch releases the GIL) run while the
             # writers of the previous batch and the reader hand-off go on.
             self.scheduler(EventBasedScheduler(self, worker_thread_number=3, stop_on_deadlock=True, name="scheduler"))
+
+    def _settings(self) -> Settings:
+        """The ``bodypart:`` section of the app's YAML config (``HOLOSCAN_CONFIG_PATH`` in a MAP),
+        read the Holoscan way, with ``BODYPART_*`` variables overriding it."""
+        path = config_path()
+        if path is None:
+            return Settings.load({})
+        if not path.is_file():
+            raise SettingsError(f"config file {path} (HOLOSCAN_CONFIG_PATH) does not exist")
+        self.config(str(path))
+        return Settings.load(self.kwargs(SECTION), config_name=str(path))

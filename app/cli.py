@@ -43,20 +43,30 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the MONAI Deploy app", description=(
         "Classify every radiograph under INPUT; write OUTPUT/results.json, OUTPUT/sr (structured reports), "
-        "OUTPUT/dicom (corrected copies) and OUTPUT/results.png. Environment: BODYPART_DEVICE, "
-        "BODYPART_STACKER, BODYPART_BATCH_SIZE, BODYPART_WORKERS, BODYPART_KEEP_UIDS."))
+        "OUTPUT/dicom (corrected copies) and OUTPUT/results.png. Each setting below overrides app.yaml's "
+        "bodypart: section, as its BODYPART_* environment variable does."))
     p.add_argument("-i", "--input", type=Path, required=True, help="a DICOM file or a folder")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("-m", "--models", type=Path, help="model package (default: the shipped default)")
+    from app.settings import OPTIONS
+
+    settings = p.add_argument_group("settings (app/settings.py; checked by the app)")
+    for option in OPTIONS:
+        values = {"flag": "0|1", "int": "N", "device": "cuda|cuda:N|cpu"}.get(option.kind, "|".join(option.choices))
+        settings.add_argument(option.flag, dest=f"setting_{option.key}", metavar=values,
+                              help=f"{option.help.replace('`', '').replace('%', '%%')} (default: {option.default_text.replace('`', '')}; "
+                                   f"{option.env})")
 
 
-def _run_app(inputs: Path, output: Path, models: Path | None, log) -> int:
-    """Run ``python -m app`` as MONAI Deploy does, then summarise results.json for a person."""
+def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dict[str, str] | None = None) -> int:
+    """Run ``python -m app`` as MONAI Deploy does (``settings``: BODYPART_* overrides), then
+    summarise results.json for a person."""
     import json
+    import os
     import subprocess
 
     cmd = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output)] + (["-m", str(models)] if models else [])
-    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env={**os.environ, **(settings or {})})
     results = output / "results.json"
     if proc.returncode != 0 or not results.is_file():
         log.error("the app failed (exit %d); see the log above", proc.returncode)
@@ -130,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         inputs = write_samples(args.output / "input")
         return _run_app(inputs, args.output / "output", None, log)
     elif args.command == "run":
-        return _run_app(args.input, args.output, args.models, log)
+        from app.settings import OPTIONS
+
+        overrides = {o.env: str(getattr(args, f"setting_{o.key}")) for o in OPTIONS
+                     if getattr(args, f"setting_{o.key}") is not None}
+        return _run_app(args.input, args.output, args.models, log, overrides)
     elif args.command == "train":
         from training.config import TrainConfig
         from training.data import DataError

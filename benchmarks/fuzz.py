@@ -152,12 +152,14 @@ def main() -> int:
     problems: list[str] = []
     app_runs = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bodypart-fuzz-") as tmp, PeakMemory() as mem:
+    peak_main = peak_reader = 0
+    with tempfile.TemporaryDirectory(prefix="bodypart-fuzz-") as tmp:
         for r, first in enumerate(range(0, args.count, args.round)):
             folder = Path(tmp) / f"round{r}"
             files = write_mutants(corpus, folder, min(args.round, args.count - first), seed=args.seed + first)
-            # names carry the round's index; make them unique across rounds for the table
-            items = list(iter_prepared(folder, pre, workers=args.workers, decode=DecodeOptions()))
+            with PeakMemory() as mem:  # the reader pool alone (app runs are measured on their own)
+                items = list(iter_prepared(folder, pre, workers=args.workers, decode=DecodeOptions()))
+            peak_main, peak_reader = max(peak_main, mem.peak_main), max(peak_reader, mem.peak_child)
             found, outcomes = check_outcomes(files, items, folder)
             problems += [f"round {r}: {p}" for p in found]
             for path, kind, _ in files:
@@ -188,14 +190,18 @@ def main() -> int:
         total.update(c)
     print(f"| all | {sum(total.values())} | " + " | ".join(str(total[s]) for s in statuses) + " |")
     print(f"\n{args.count} files in {seconds / 60:.1f} min; readers that died: {events.died}; stopped by the time limit: "
-          f"{events.timed_out}; peak RSS main {mem.peak_main / 2**20:.0f} MB, readers {mem.peak_child / 2**20:.0f} MB")
-    print(f"app runs: {len(app_runs)}; problems: {len(problems)}")
+          f"{events.timed_out}; peak RSS of the pool: main {peak_main / 2**20:.0f} MB, a reader {peak_reader / 2**20:.0f} MB")
+    if app_runs:
+        print(f"app runs: {len(app_runs)} of {args.round} files, {min(a['seconds'] for a in app_runs):.0f}-"
+              f"{max(a['seconds'] for a in app_runs):.0f} s each; peak RSS main {max(a['peak_rss_main_mb'] for a in app_runs):.0f} MB, "
+              f"a reader {max(a['peak_rss_reader_mb'] for a in app_runs):.0f} MB")
+    print(f"problems: {len(problems)}")
     for p in problems[:20]:
         print("  ", p)
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "count": args.count, "seed": args.seed,
               "seconds": seconds, "table": {k: dict(v) for k, v in table.items()}, "top_reasons": reasons.most_common(40),
               "readers_died": events.died, "time_limit_stops": events.timed_out,
-              "peak_rss_main_mb": mem.peak_main / 2**20, "peak_rss_reader_mb": mem.peak_child / 2**20,
+              "peak_rss_main_mb": peak_main / 2**20, "peak_rss_reader_mb": peak_reader / 2**20,
               "app_runs": app_runs, "problems": problems}
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

@@ -55,7 +55,6 @@ class DicomOutputs:
         #: per study: each image's result and its source header as the SR copies it (read once, when
         #: the image is added: a source that changes or vanishes later cannot break its study's SR)
         self.studies: dict[str, list[tuple[ReportedImage, pydicom.Dataset]]] = {}
-        self.sr_series: dict[str, tuple[str, str]] = {}
 
     def sr_paths(self, study_uid: str | None) -> dict[str, str]:
         name = _safe(study_uid)

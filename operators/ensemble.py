@@ -56,7 +56,7 @@ class Ensemble:
 
     On CUDA it runs channels_last with fp16 autocast by default: measured on the default package,
     bf16's 8-bit mantissa moved member probabilities by up to 0.49 against fp32 and flipped labels,
-    fp16 by 0.03 with no flip (``benchmarks/cuda_check.py``). The package may name another
+    fp16 by 0.009 with no flip (``benchmarks/cuda_check.py``, ``benchmarks/results/h200-cuda-check.json``). The package may name another
     precision (``inference.precision``). CPU runs fp32 (bf16 is slower on CPUs without AMX), also
     channels_last: measured 29 -> 43 img/s for Lite0 on 2 Xeon cores. ``compile=True`` adds
     torch.compile: twice as fast again on that CPU, after about a minute of compiling, so it pays off

@@ -190,7 +190,3 @@ class GpuDecoder:
             logger.debug("GPU batch decoding failed (%d files), CPU fallback: %s", len(todo), short_reason(e))
             for i, _, _ in todo:
                 out[i] = None
-
-    def try_decode(self, ds: pydicom.Dataset, max_side: int | None) -> DecodedPixels | None:
-        """One dataset through :meth:`decode_many`."""
-        return self.decode_many([ds], max_side)[0]

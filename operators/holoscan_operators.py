@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 
@@ -27,6 +27,7 @@ from .dicom_outputs import DicomOutputs
 from .ensemble import Ensemble
 from .outcome import InputOutcome, short_reason
 from .output_files import fatal_output_error
+from .preprocessing import Preprocessing
 from .report import Progress
 from .results import ModelInfo, ResultsWriter
 from .run_status import RunStatus
@@ -43,12 +44,12 @@ class RadiographLoaderOperator(Operator):
     Pass a ``BooleanCondition`` named ``more_input``: the operator disables it after the last batch.
     """
 
-    def __init__(self, fragment: Fragment, *args, input_path: Path, run: RunStatus, batches: Iterator[Batch] | None = None,
-                 preprocessing=None, batch_size: int = 16, workers: int = 0, decode: DecodeOptions = DecodeOptions(), **kwargs):
+    def __init__(self, fragment: Fragment, *args, input_path: Path, run: RunStatus, preprocessing: Preprocessing,
+                 batch_size: int = 16, workers: int = 0, decode: DecodeOptions = DecodeOptions(), **kwargs):
         self.input_path = Path(input_path)
         self.run = run
         self._ended = False
-        self._batches = batches if batches is not None else iter_batches(self.input_path, preprocessing, batch_size, workers, decode)
+        self._batches = iter_batches(self.input_path, preprocessing, batch_size, workers, decode)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:

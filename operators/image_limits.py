@@ -101,7 +101,7 @@ def check_image_header(ds: pydicom.Dataset, limits: ImageLimits = ImageLimits())
                                f"over the limit of {limits.max_decoded_bytes / 2**20:.0f} MiB (refused before decoding)")
     ts = transfer_syntax(ds)
     if not ts.is_compressed:
-        have = len(ds.PixelData) if "PixelData" in ds else 0
+        have = len(ds.PixelData or b"") if "PixelData" in ds else 0  # an empty element reads as None
         need = (rows * columns * frames * samples * allocated + 7) // 8
         if have < need:
             raise ImageHeaderError(f"Pixel Data holds {have} bytes, the header needs {need} (truncated file?)")

@@ -76,10 +76,6 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - mean) / std
 
-    def tensor(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W) [0, 1] -> (C, size, size), ready for the network."""
-        return self.normalise(self.square(image))
-
 
 def read_image_file(path: Path, max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
     """A plain image file (JPEG, PNG...) as a [0, 1] grey image, normalised like DICOM input.

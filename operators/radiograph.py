@@ -1,7 +1,8 @@
 """Radiograph input stage: DICOM file -> selection -> display-ready grey image(s).
 
-One code path for inference and training. Pure functions; the Holoscan operator that wraps them
-lives in :mod:`operators.radiograph_loader_operator`.
+One code path for inference and training. Pure functions; the Holoscan operator that streams
+them (through reader processes, :mod:`operators.batching`) is ``RadiographLoaderOperator`` in
+:mod:`operators.holoscan_operators`.
 
 The grey image follows the DICOM grayscale pipeline (PS3.3 C.11): stored values -> Modality LUT
 (rescale or LUT sequence) -> VOI LUT (first LUT sequence item, else first window) -> polarity
@@ -20,13 +21,17 @@ from typing import IO, Any, Iterator
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
 
 from .decoding import DecodedPixels, DecodeError, decode_pixels, decode_reduced, shrink_factor, transfer_syntax
 from .image_limits import ImageLimits, check_image_header
 from .outcome import InputOutcome, Status, short_reason
+
+#: What pydicom raises when it converts a damaged element on first access (an unknown VR read
+#: from the file, a value whose length does not fit its VR): the file's fault, said as such.
+DAMAGED_ELEMENT = (NotImplementedError, BytesLengthException)
 
 #: Plain radiography: what the models are for.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
@@ -574,6 +579,8 @@ def _open(path: Path, root: Path | None, follow_links: bool = False, limits: Ima
         return FileRead([], _outcome(source, ds, Status.FAILED, str(e)))
     except MemoryError:
         return FileRead([], _outcome(source, ds, Status.FAILED, "out of memory while reading"))
+    except DAMAGED_ELEMENT as e:
+        return FileRead([], _outcome(source, ds, Status.FAILED, f"damaged data element: {short_reason(e)}"))
     except Exception as e:  # a bug or an unforeseen file: still one clear line, run goes on
         return FileRead([], _outcome(source, ds, Status.FAILED, f"unexpected error: {type(e).__name__}: {short_reason(e)}"))
 
@@ -624,6 +631,8 @@ def _finish(o: _Opened, decoded: DecodedPixels | None, max_side: int | None, red
         return FileRead([], _outcome(source, ds, Status.FAILED, "out of memory while decoding"))
     except RecursionError:
         return FileRead([], _outcome(source, ds, Status.FAILED, "data set nested too deeply to decode"))
+    except DAMAGED_ELEMENT as e:
+        return FileRead([], _outcome(source, ds, Status.FAILED, f"damaged data element: {short_reason(e)}"))
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as e:  # noqa: BLE001 - any decoder plugin's own types, even a Rust panic

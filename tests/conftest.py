@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +22,28 @@ def _require(path: Path) -> Path:
         # A missing corpus is an error, not a skip: these tests are what proves the input stage.
         raise FileNotFoundError(f"{path} is missing: the tests need ../shared beside the checkout (or BODYPART_SHARED)")
     return path
+
+
+#: Fixtures that train a model: a test that uses one belongs to the slow tier.
+SLOW_FIXTURES = {"tiny_run", "tiny_package", "train_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tiers: ``-m "not slow"`` is the fast unit tier; a test is slow when it trains a model
+    (the fixtures above) or its module says so (``pytestmark``: whole-app runs, fuzzing)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+RESULTS_SCHEMA = json.loads((ROOT / "app/results.schema.json").read_text())
+
+
+def read_results(out: Path) -> dict:
+    """``OUT/results.json`` validated against the exact schema: every test that runs the app reads it so."""
+    doc = json.loads((Path(out) / "results.json").read_text())
+    jsonschema.validate(doc, RESULTS_SCHEMA)
+    return doc
 
 
 def require_tool(name: str, package: str) -> str:

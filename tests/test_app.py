@@ -12,9 +12,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import RESULTS_SCHEMA as SCHEMA
+from tests.conftest import ROOT, read_results
 
-SCHEMA = json.loads((ROOT / "app/results.schema.json").read_text())
+pytestmark = pytest.mark.slow  # runs the app, trains or fuzzes: not in the fast tier
 
 
 def run_app(args: list[str], env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -32,8 +33,7 @@ def corpus_run(corpus, tiny_package, tmp_path_factory):
 
 def test_every_input_is_listed_and_every_radiograph_classified(corpus_run, corpus):
     out, _ = corpus_run
-    doc = json.loads((out / "results.json").read_text())
-    jsonschema.validate(doc, SCHEMA)
+    doc = read_results(out)
     by_source = {i["source"]: i for i in doc["instances"]}
     dicoms = sorted(p.name for p in corpus.glob("*.dcm"))
     assert len(dicoms) == 35
@@ -59,7 +59,7 @@ def test_every_input_is_listed_and_every_radiograph_classified(corpus_run, corpu
 
 def test_stated_body_part_and_agreement(corpus_run):
     out, _ = corpus_run
-    doc = json.loads((out / "results.json").read_text())
+    doc = read_results(out)
     hand = next(i for i in doc["instances"] if i["source"] == "cr_hand_j2k.dcm")
     assert hand["stated_body_part_examined"] == "HAND"
     assert hand["agrees"] is (hand["body_part_examined"] == "HAND") if hand["body_part_examined"] else hand["agrees"] is None
@@ -86,7 +86,7 @@ def test_map_layout_via_environment_variables(corpus, tiny_package, tmp_path):
            "HOLOSCAN_MODEL_PATH": str(tmp_path / "models"), "BODYPART_STACKER": "xgboost", "BODYPART_BATCH_SIZE": "1"}
     proc = run_app([], env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "output/results.json").read_text())
+    doc = read_results(tmp_path / "output")
     assert doc["model"]["stacker"] == "xgboost"
     assert [i["status"] for i in doc["instances"]] == ["classified", "classified"]
 
@@ -124,14 +124,26 @@ def test_partial_results_survive_an_interrupted_run(tmp_path):
     assert final["complete"] is False and len(final["instances"]) == 2
 
 
+def test_the_results_schema_is_exact(corpus_run):
+    """A key the schema does not describe is an error, at every level a routing engine reads."""
+    out, _ = corpus_run
+    doc = read_results(out)
+    classified = next(i for i in doc["instances"] if i["status"] == "classified" and i["anatomic_region"] and i["outputs"])
+    for where in (doc, doc["model"], doc["summary"], classified, classified["outputs"], classified["anatomic_region"]):
+        where["undocumented"] = 1
+        with pytest.raises(jsonschema.ValidationError, match="'undocumented' was unexpected"):
+            jsonschema.validate(doc, SCHEMA)
+        del where["undocumented"]
+    jsonschema.validate(doc, SCHEMA)
+
+
 def test_default_package_end_to_end_on_the_corpus(corpus, corpus_labels, tmp_path):
     """`python -m app -i corpus -o OUT` with the shipped default package: every input listed, every
     radiograph classified. A regression guard on labels, not an accuracy claim: most of these files
     were in the default package's training split (see its model card for test metrics)."""
     proc = run_app(["-i", str(corpus), "-o", str(tmp_path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "results.json").read_text())
-    jsonschema.validate(doc, SCHEMA)
+    doc = read_results(tmp_path)
     assert doc["model"]["name"] == "bodypart-lite-ensemble"
     by_source = {i["source"]: i for i in doc["instances"]}
     assert all(by_source[n]["status"] == "classified" for n in corpus_labels)
@@ -171,3 +183,29 @@ def test_wrong_setting_is_one_clear_error_before_any_work(corpus, tiny_package, 
     assert len(errors) == 1 and "BODYPART_BATCH_SIZE='many': not a whole number" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("scheduler", ["greedy", "event"])
+def test_the_operator_graph_runs_in_process_with_either_scheduler(scheduler, corpus, tiny_package, tmp_path, monkeypatch):
+    """The Holoscan graph itself, in this process: every batch the loader emits is recorded, the
+    end marker closes the writers, and the results match the subprocess runs' form."""
+    from app.app import BodyPartApp
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    names = ["dx_pelvis_ddh_1.dcm", "wg04_RG3_J2KI.dcm", "labels.csv"]
+    for name in names:
+        shutil.copyfile(corpus / name, inputs / name)
+    monkeypatch.setenv("BODYPART_SCHEDULER", scheduler)
+    monkeypatch.setenv("BODYPART_WORKERS", "0")
+    monkeypatch.setenv("BODYPART_BATCH_SIZE", "1")
+    app = BodyPartApp([sys.executable, "app", "--input", str(inputs), "--output", str(tmp_path / "out"),
+                       "--model", str(tiny_package)])
+    app.run()
+    doc = read_results(tmp_path / "out")
+    assert doc["complete"] is True and {i["source"] for i in doc["instances"]} == set(names)
+    assert doc["summary"] == {"classified": 2, "failed": 1, "needs_review": doc["summary"]["needs_review"]}
+    status = app.run_status
+    assert status.incomplete_reason is None and status.inputs_done
+    assert status.batches_emitted == status.batches_recorded >= 3  # a batch per radiograph, and the end marker
+    assert len(list((tmp_path / "out/sr").glob("*.dcm"))) == 4  # two studies, an SR pair each

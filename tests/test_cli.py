@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from app.cli import main
+from tests.conftest import read_results
 
 
 def test_help_explains_itself(capsys):
@@ -38,10 +41,11 @@ def test_inspect_missing_input_is_a_clear_error(tmp_path, caplog):
     assert "does not exist" in caplog.text
 
 
+@pytest.mark.slow
 def test_demo_runs_the_app_with_the_default_model_on_bundled_samples(tmp_path, capsys):
     """The README's first command: the shipped default package on the pydicom-data samples."""
     assert main(["demo", "-o", str(tmp_path)]) == 0
-    doc = json.loads((tmp_path / "output/results.json").read_text())
+    doc = read_results(tmp_path / "output")
     by_source = {i["source"]: i for i in doc["instances"]}
     assert by_source["not_a_radiograph_mr"]["status"] == "skipped"
     assert by_source["chest_cr_mono1_j2k.dcm"]["labels"] == ["Chest"]
@@ -49,3 +53,25 @@ def test_demo_runs_the_app_with_the_default_model_on_bundled_samples(tmp_path, c
     assert "Lower leg" in by_source["leg_cr_mono1_j2k.dcm"]["labels"]
     assert (tmp_path / "output/results.png").is_file()
     assert "CHEST" in capsys.readouterr().out
+
+
+def test_run_reads_the_config_file_and_its_flags_override_it(corpus, tiny_package, tmp_path, monkeypatch, capfd):
+    """A MAP's config (HOLOSCAN_CONFIG_PATH) turns DICOM outputs off; `--dicom-outputs 1` turns them back on."""
+    config = tmp_path / "site.yaml"
+    config.write_text("bodypart:\n  dicom_outputs: false\n  batch_size: 2\n")
+    monkeypatch.setenv("HOLOSCAN_CONFIG_PATH", str(config))
+    monkeypatch.delenv("BODYPART_DICOM_OUTPUTS", raising=False)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "leg.dcm").symlink_to(corpus / "wg04_RG3_J2KI.dcm")
+    common = ["run", "-i", str(inputs), "-m", str(tiny_package), "--follow-links", "1"]
+    assert main(common + ["-o", str(tmp_path / "config")]) == 0
+    assert read_results(tmp_path / "config")["summary"]["classified"] == 1 and not (tmp_path / "config/sr").exists()
+    assert main(common + ["-o", str(tmp_path / "flag"), "--dicom-outputs", "1"]) == 0
+    assert len(list((tmp_path / "flag/sr").glob("*.dcm"))) == 2
+    capfd.readouterr()
+    assert main(common + ["-o", str(tmp_path / "bad"), "--batch-size", "0"]) == 2
+    assert "BODYPART_BATCH_SIZE='0': must be at least 1" in capfd.readouterr().err
+    config.write_text("bodypart:\n  batchsize: 2\n")
+    assert main(common + ["-o", str(tmp_path / "bad2")]) == 2
+    assert f"{config}: unknown setting bodypart.batchsize" in capfd.readouterr().err

@@ -31,7 +31,7 @@ from operators.processes import worker_context
 from operators.radiograph import iter_input_files, read_file
 from operators.reader_pool import ReaderPool, ReaderStartError
 from tests import dicom_factory as fac
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_results
 
 PRE = Preprocessing(size=64)
 SMALL = "dx_pelvis_ddh_1.dcm"  # 34 KB
@@ -240,6 +240,17 @@ def test_an_image_cut_off_before_its_pixels_is_failed_not_skipped(corpus, tmp_pa
     assert "no Pixel Data in a" in outcome.reason and "truncated or damaged" in outcome.reason
 
 
+def test_a_damaged_data_element_is_named(corpus, tmp_path):
+    data = fac.save(fac.load(corpus / "wg04_RG3_UNCR.dcm"), tmp_path / "ok.dcm").read_bytes()  # explicit VR little endian
+    modality = b"\x08\x00\x60\x00CS"
+    assert data.count(modality) == 1
+    bad = tmp_path / "bad_vr.dcm"
+    bad.write_bytes(data.replace(modality, b"\x08\x00\x60\x00XX"))
+    outcome = read_file(bad).outcome
+    assert outcome.status is Status.FAILED
+    assert outcome.reason == "damaged data element: Unknown Value Representation 'XX' in tag (0008,0060)"
+
+
 @pytest.mark.parametrize("slope, width, want", [
     ("1e300", "100", "failed: Rescale Slope 1e+300 and Intercept 0 give values out of range"),
     ("NaN", "100", "failed: Rescale Slope nan and Intercept 0 give values out of range"),
@@ -319,7 +330,7 @@ def test_a_full_disk_stops_the_run_with_one_clear_error_and_no_half_written_file
         _visible_dicom_files_are_whole(out)
         results = out / "results.json"
         if results.exists():  # room was left for it
-            doc = json.loads(results.read_text())
+            doc = read_results(out)
             assert doc["complete"] is False and "No space left on device" in doc["interrupted_reason"]
         else:  # no room even for the summary: say so, and the streamed results keep what finished
             assert "results.json not written (No space left on device)" in proc.stderr
@@ -353,7 +364,7 @@ def test_two_runs_into_one_output_folder_do_not_interleave(corpus, tiny_package,
         assert not (out / "results.jsonl").exists() and not (out / "results.json").exists()
     proc = _app(inputs, out, tiny_package)  # the lock went with its holder
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "results.json").read_text())["complete"] is True
+    assert read_results(out)["complete"] is True
 
 
 def test_an_interrupted_run_says_it_is_not_complete(corpus, tiny_package, tmp_path):
@@ -369,7 +380,7 @@ def test_an_interrupted_run_says_it_is_not_complete(corpus, tiny_package, tmp_pa
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    doc = json.loads((out / "results.json").read_text())
+    doc = read_results(out)
     assert doc["complete"] is False and "interrupted" in doc["interrupted_reason"], doc["interrupted_reason"]
     assert 2 <= len(doc["instances"]) < 35
     assert proc.returncode != 0

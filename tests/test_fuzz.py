@@ -20,7 +20,9 @@ from benchmarks.fuzz import PeakMemory, check_outcomes
 from benchmarks.mutations import MUTATIONS, write_mutants
 from operators.batching import DecodeOptions, iter_prepared
 from operators.preprocessing import Preprocessing
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_results
+
+pytestmark = pytest.mark.slow  # runs the app, trains or fuzzes: not in the fast tier
 
 SEED = 20261201
 COUNT = 300  # 30 of each kind
@@ -66,7 +68,7 @@ def test_the_app_completes_on_mutants_and_lists_every_one(mutants, tiny_package,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    doc = json.loads((out / "results.json").read_text())
+    doc = read_results(out)
     assert doc["complete"] is True and doc["interrupted_reason"] is None
     by_source: dict[str, list[dict]] = {}
     for record in doc["instances"]:

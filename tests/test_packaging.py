@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_results
+
+pytestmark = pytest.mark.slow  # runs the app, trains or fuzzes: not in the fast tier
 
 
 def test_app_yaml_is_what_the_packager_accepts():
@@ -47,11 +49,12 @@ def test_app_runs_from_the_map_layout(tiny_package, corpus, tmp_path):
     (tmp_path / "input").mkdir()
     shutil.copy(corpus / "wg04_RG3_J2KI.dcm", tmp_path / "input" / "leg")
     env = {**os.environ, "HOLOSCAN_INPUT_PATH": str(tmp_path / "input"), "HOLOSCAN_OUTPUT_PATH": str(tmp_path / "output"),
-           "HOLOSCAN_MODEL_PATH": str(ctx / "models")}
-    # as the MAP's command does: python3 /opt/holoscan/app, from another working directory
+           "HOLOSCAN_MODEL_PATH": str(ctx / "models"), "HOLOSCAN_CONFIG_PATH": str(ctx / "app.yaml")}
+    # as the MAP's command does: python3 /opt/holoscan/app, from another working directory, its
+    # settings from the config the packager copied (HOLOSCAN_CONFIG_PATH)
     proc = subprocess.run([sys.executable, str(ctx / "app")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads((tmp_path / "output" / "results.json").read_text())
+    doc = read_results(tmp_path / "output")
     assert [i["status"] for i in doc["instances"]] == ["classified"]
 
 
