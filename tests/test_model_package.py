@@ -20,9 +20,11 @@ def test_package_has_bundle_layout_and_loads(tiny_package):
     assert set(p.trained_classes) < set(p.classes)  # some classes have no training data at all
     assert "Sinus" not in p.trained_classes and "Chest" in p.trained_classes
     meta = p.metadata
-    for key in ("name", "version", "preprocessing", "members", "stacker", "thresholds", "training_data", "metrics", "class_counts"):
+    for key in ("name", "version", "preprocessing", "members", "stacker", "training_data", "metrics", "class_counts"):
         assert key in meta, key
-    assert all(0 < t < 1 for t in p.thresholds.values())
+    assert set(meta["stacker"]["calibrations"]) == {"mean", "logistic", "xgboost"}
+    assert p.thresholds == meta["stacker"]["calibrations"][meta["stacker"]["kind"]]["thresholds"]
+    assert all(0 < t < 1 for c in p.calibrations.values() for t in c.thresholds.values())
     assert len(p.checksum) == 64
 
 
