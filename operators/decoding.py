@@ -37,9 +37,9 @@ _LENIENT_JPEG = {
 }
 
 
-#: JPEG lossless (process 14): libjpeg-turbo 3 through imagecodecs decodes it 2.9-4x faster than
-#: GDCM (pydicom's first choice), bit for bit the same on the corpus; both decode truncated code
-#: streams as far as they go, so neither is stricter.
+#: JPEG lossless (process 14): libjpeg-turbo 3 through imagecodecs decodes it in 0.38x GDCM's time
+#: (pydicom's first choice; ``benchmarks/decoders.py``, 2026-12-01), bit for bit the same on the
+#: corpus; both decode truncated code streams as far as they go, so neither is stricter.
 _LOSSLESS_JPEG = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
 
 
@@ -52,10 +52,13 @@ JPEG2000_SYNTAXES = {
     "1.2.840.10008.1.2.4.203": "HTJ2K",
 }
 
-#: Where several pydicom plugins decode a syntax, the fastest (measured on the corpus, one core):
-#: CharLS through pyjpegls decodes JPEG-LS 1.7-1.9x faster than GDCM, pydicom's first choice.
-#: Elsewhere pydicom's order was fastest or even (JPEG lossless: GDCM 1.9x pylibjpeg; JPEG 2000:
-#: GDCM, OpenJPEG and Pillow within 10% on large images; RLE: pylibjpeg-rle already).
+#: Where several pydicom plugins decode a syntax, the fastest where that is clear-cut
+#: (``benchmarks/decoders.py``, 15 interleaved rounds on the corpus, 2-core Xeon, 2026-12-01):
+#: CharLS through pyjpegls takes 0.60-0.68x GDCM's time for JPEG-LS (pydicom's first choice),
+#: its slowest quartile faster than GDCM's fastest. Elsewhere pydicom's order is kept: GDCM
+#: fastest for JPEG 2000 lossless (OpenJPEG 1.28x, Pillow 1.34x), OpenJPEG and GDCM overlapping
+#: for lossy JPEG 2000 (0.86x, quartiles 0.76-1.03: not clear-cut), pylibjpeg-rle for RLE (pydicom's
+#: own 5.4x). JPEG lossless goes to libjpeg-turbo first (0.38x GDCM, :func:`_lossless_jpeg`).
 PREFERRED_PLUGINS = {
     "1.2.840.10008.1.2.4.80": "pyjpegls",
     "1.2.840.10008.1.2.4.81": "pyjpegls",
