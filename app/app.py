@@ -7,14 +7,9 @@
 
 Paths come from ``-i/-o/-m`` or ``HOLOSCAN_INPUT_PATH``/``HOLOSCAN_OUTPUT_PATH``/
 ``HOLOSCAN_MODEL_PATH`` (as in a MAP); without a model path the packaged default model is used.
-Options that MONAI Deploy's argument parser does not know come from the environment:
-``BODYPART_DEVICE`` (cuda, cpu), ``BODYPART_BATCH_SIZE``, ``BODYPART_WORKERS`` (reader processes; 0 reads
-in the main process; default: the usable cores, at most 16), ``BODYPART_STACKER`` (logistic, xgboost, mean),
-``BODYPART_KEEP_UIDS=1`` (corrected copies keep their UIDs, for PACS that overwrite),
-``BODYPART_DICOM_OUTPUTS=0`` (results.json only), ``BODYPART_COMPILE=1`` (torch.compile the members),
-``BODYPART_SCHEDULER=greedy`` (one thread instead of Holoscan's event-based scheduler),
-``BODYPART_GPU_DECODE`` (auto, on, off: nvImageCodec decoding in the readers),
-``BODYPART_REDUCED_DECODE=0`` (JPEG 2000 and JPEG always at full resolution); see :mod:`app.settings`.
+Run settings come from the ``bodypart:`` section of the app's YAML config (``app.yaml``, or
+``HOLOSCAN_CONFIG_PATH`` in a MAP), each overridden by its ``BODYPART_*`` environment variable;
+see :data:`app.settings.OPTIONS`.
 """
 
 from __future__ import annotations

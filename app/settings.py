@@ -60,7 +60,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("workers", "int", None, "usable cores (max 16)", "reader processes (never more than files); 0 reads in the "
            "main process, without the isolation of reader processes"),
     Option("file_time_limit", "int", 120, "120", "seconds a reader may spend on one file before it is stopped and the "
-           "file `failed` (0: no limit)"),
+           "file `failed` (0: no limit; with GPU decoding a reader takes 8 files at once and gets 8 times this)"),
     Option("follow_links", "flag", False, "0", "1: follow symbolic links to files and folders outside the input folder "
            "(each folder walked once)"),
     Option("keep_uids", "flag", False, "0", "1: corrected copies keep SOP/Series Instance UIDs (for PACS that overwrite)"),
@@ -84,7 +84,7 @@ class Settings:
     device: str | None = None  # None: CUDA when present, else CPU
     stacker: str | None = None  # None: the package's
     batch_size: int = 16
-    workers: int = 0
+    workers: int = 0  # load(): the usable cores unless set
     decode: DecodeOptions = DecodeOptions()
     keep_uids: bool = False
     dicom_outputs: bool = True
@@ -131,6 +131,10 @@ class Settings:
 
             if not torch.cuda.is_available():
                 raise SettingsError(f"{source('device')}: no CUDA device on this machine (use cpu)")
+            index = int(device.split(":")[1]) if ":" in device else 0
+            if index >= torch.cuda.device_count():
+                raise SettingsError(f"{source('device')}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                    f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         on_cuda = pick_device(device).type == "cuda"
         # nvImageCodec in the readers where the networks run on CUDA: decoding is the bottleneck there.
         gpu_decode = v["gpu_decode"] or ("auto" if on_cuda else "off")

@@ -158,8 +158,13 @@ def _reader_init(gpu_decode: str = "off", gpu_device: str = "cuda", limits: Imag
 
     torch.set_num_threads(1)  # parallelism comes from the processes
     quiet_pydicom(verbose)
+    _WORKER_GPU[0] = GpuDecoder.create(gpu_decode, gpu_device)  # before the cap: CUDA maps a lot
     limit_reader_memory(limits)
-    _WORKER_GPU[0] = GpuDecoder.create(gpu_decode, gpu_device)
+    try:  # when memory runs out, the kernel should take a reader (one file lost), not the app
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write("1000")
+    except OSError:
+        pass
 
 
 def limit_reader_memory(limits: ImageLimits) -> int | None:

@@ -55,6 +55,7 @@ class DicomOutputs:
         #: per study: each image's result and its source header as the SR copies it (read once, when
         #: the image is added: a source that changes or vanishes later cannot break its study's SR)
         self.studies: dict[str, list[tuple[ReportedImage, pydicom.Dataset]]] = {}
+        self._last: tuple[Path, pydicom.Dataset | None, str | None] | None = None  # the last file's header
 
     def sr_paths(self, study_uid: str | None) -> dict[str, str]:
         name = _safe(study_uid)
@@ -79,11 +80,24 @@ class DicomOutputs:
                 header = None
                 if not referenceable(image):
                     d["sr_reason"] = "not in the SR: the source's SOP Class or Instance UID is not a valid UID"
-                elif (header := _evidence_or_reason(item, d)) is not None:
+                elif (header := self._header(item, d)) is not None:
                     self.studies.setdefault(item.study_instance_uid or "", []).append((image, header))
                     outputs.update(self.sr_paths(item.study_instance_uid))
             d["outputs"] = outputs
         return list(outcomes)
+
+    def _header(self, item: Radiograph, d: dict) -> "pydicom.Dataset | None":
+        """The source's header for the SR, read once per file: the frames of a multi-frame file
+        come one after another and share it (one object, not a copy per frame)."""
+        if item.frame not in (None, 0) and self._last is not None and self._last[0] == item.path:
+            _, header, reason = self._last
+        else:
+            header = _evidence_or_reason(item, d)
+            reason = d.get("sr_reason")
+            self._last = (item.path, header, reason)
+        if reason is not None:
+            d["sr_reason"] = reason
+        return header
 
     def _corrected(self, item: Radiograph, d: dict) -> str | None:
         if item.frame not in (None, 0):

@@ -103,6 +103,7 @@ class DicomOutputsOperator(Operator):
         self.outputs = outputs
         self.run = run
         self._finished = False
+        self._failed = False  # the output folder failed: nothing more is written
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
@@ -111,7 +112,9 @@ class DicomOutputsOperator(Operator):
 
     def compute(self, op_input, op_output, context) -> None:
         batch, results = op_input.receive("results")
-        if not self.run.stopped:
+        # A run stopped elsewhere (reading, a signal) still gets the outputs of what it classified,
+        # so that every SR a result names is written; only a fault of the outputs ends them.
+        if not self._failed:
             try:
                 results = self.outputs.add(batch.items, results)
                 if batch.last:
@@ -121,7 +124,7 @@ class DicomOutputsOperator(Operator):
         op_output.emit((batch, results), "results")
 
     def stop(self) -> None:
-        if not self._finished and not self.run.stopped:  # the graph ended before the last batch
+        if not self._finished and not self._failed:  # the graph ended before the last batch
             try:
                 self._finish()
             except Exception as e:  # noqa: BLE001
@@ -133,6 +136,7 @@ class DicomOutputsOperator(Operator):
         log.info("wrote %d structured reports", len(written))
 
     def _stop(self, e: Exception) -> None:
+        self._failed = True
         fatal = fatal_output_error(e, self.outputs.output_dir)
         reason = str(fatal) if fatal else f"DICOM outputs failed: {type(e).__name__}: {short_reason(e)}"
         log.error("%s; stopping the run", reason)
@@ -178,6 +182,7 @@ class ResultsWriterOperator(Operator):
             path = self.writer.close(interrupted=reason)
         except OSError as e:
             log.error("results.json not written (%s); %s holds every result recorded", e.strerror or e, self.writer.partial)
+            self.run.stop(f"results.json not written: {e.strerror or e}")  # the exit code must say so
             return
         if reason:
             log.error("results: %s (%s); the run is NOT complete: %s", path, self.progress.summary(), reason)

@@ -8,18 +8,21 @@ files) at a time, so the parent always knows what a reader held when it died or 
 
 - a reader that dies costs only what it held: a task of several files is retried one file per
   task, and the file that kills its reader again is ``failed`` with the reason (which signal);
+  a task of several files that raises is retried the same way;
 - a task that overruns its time limit (per file) is killed the same way, and its file ``failed``
   with the limit in the reason;
 - the dead or killed reader is replaced and the run goes on.
 
 Results come back in submission order, with at most ``read_ahead`` tasks in flight or waiting to
-be yielded, so memory stays bounded however many files there are.
+be yielded, so memory stays bounded however many files there are; a thread keeps the readers
+working through that window while the caller is busy.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +37,8 @@ R = TypeVar("R")  # what a task returns
 
 #: A reader that dies this many times in a row before it takes any task cannot start at all.
 MAX_START_FAILURES = 3
+#: The driver thread looks at least this often whether it was asked to stop.
+POLL_SECONDS = 0.5
 
 
 class ReaderStartError(RuntimeError):
@@ -112,25 +117,18 @@ class ReaderPool(Generic[T, R]):
     # -- the public loop ---------------------------------------------------------------------
 
     def imap(self, tasks: Iterable[Sequence[T]], read_ahead: int) -> Iterator[R]:
-        """Results of ``tasks`` in order; at most ``read_ahead`` tasks submitted and not yet yielded."""
-        queue: deque[_Task] = deque()
-        source = iter(tasks)
-        exhausted = False
-        while True:
-            while not exhausted and len(queue) < max(read_ahead, 1):
-                items = next(source, None)
-                if items is None:
-                    exhausted = True
-                else:
-                    queue.append(_Task(list(items)))
-            while queue and queue[0].done:
-                yield queue.popleft().result
-            if not queue:
-                if exhausted:
-                    return
-                continue
-            self._dispatch(queue)
-            self._collect(queue)
+        """Results of ``tasks`` in order; at most ``read_ahead`` tasks submitted and not yet yielded.
+
+        A thread keeps the readers busy while the caller works on earlier results (the networks
+        run between two batches), within the ``read_ahead`` window.
+        """
+        driver = _Driver(self, iter(tasks), max(read_ahead, 1))
+        driver.start()
+        try:
+            while (task := driver.next_done()) is not None:
+                yield task.result
+        finally:
+            driver.stop()
 
     def close(self) -> None:
         """Stop every reader (politely, then by force)."""
@@ -181,14 +179,19 @@ class ReaderPool(Generic[T, R]):
             except (OSError, ValueError):  # died between tasks: noticed in _collect
                 pass
 
-    def _collect(self, queue: deque[_Task]) -> None:
-        """Wait for one event (a result, a reader's death, a deadline) and handle every one that is ready."""
-        busy = [r for r in self.readers if r.task is not None or not r.ready]
-        deadline = min((r.task.deadline for r in busy if r.task is not None), default=float("inf"))
-        timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
-        waitables = [r.conn for r in busy] + [r.process.sentinel for r in busy]
+    def _collect(self, queue: deque[_Task], lock: threading.Condition) -> None:
+        """Wait (at most ``POLL_SECONDS``, without ``lock``) for one event -- a result, a reader's
+        death, a deadline -- then handle every one that is ready, holding ``lock``."""
+        with lock:
+            busy = [r for r in self.readers if r.task is not None or not r.ready]
+            deadline = min((r.task.deadline for r in busy if r.task is not None), default=float("inf"))
+            waitables = [r.conn for r in busy] + [r.process.sentinel for r in busy]
         if waitables:
-            wait(waitables, timeout)
+            wait(waitables, max(0.0, min(deadline - time.monotonic(), POLL_SECONDS)))
+        with lock:
+            self._handle_events(queue)
+
+    def _handle_events(self, queue: deque[_Task]) -> None:
         now = time.monotonic()
         for reader in list(self.readers):
             if reader.conn.poll() if not reader.conn.closed else False:
@@ -200,6 +203,9 @@ class ReaderPool(Generic[T, R]):
                 if kind == "ready":
                     reader.ready = True
                     self._start_failures = 0
+                elif kind == "error" and reader.task is not None and len(reader.task.items) > 1:
+                    self._split(reader.task, queue)  # which file raised? each alone, like a death
+                    reader.task = None
                 else:
                     self._finish(reader, payload if kind == "ok" else None, None if kind == "ok" else f"reader error: {payload}")
             elif not reader.process.is_alive():
@@ -238,7 +244,13 @@ class ReaderPool(Generic[T, R]):
         if len(task.items) == 1:
             task.result, task.done = self.failed(task.items, reason), True
             return
-        # Several files: which one did it? Retry each alone, in place (order kept).
+        self._split(task, queue)
+
+    @staticmethod
+    def _split(task: _Task, queue: deque[_Task]) -> None:
+        """Several files and one of them killed or failed the task: retry each alone, in place
+        (order kept), so only that one is lost."""
+        task.worker = None
         at = queue.index(task)
         queue.remove(task)
         for k, item in enumerate(task.items):
@@ -257,3 +269,65 @@ class ReaderPool(Generic[T, R]):
                    "SIGABRT": "a decoder aborted", "SIGBUS": "a decoder crashed"}.get(name, "killed")
             return f"reader process died while decoding ({name}: {why})"
         return f"reader process died while decoding (exit code {code})"
+
+
+class _Driver(threading.Thread):
+    """Feeds a pool's readers from ``source`` and collects their results into an ordered window,
+    in the background; the caller takes finished tasks from the front (:meth:`next_done`)."""
+
+    def __init__(self, pool: ReaderPool, source: Iterator[Sequence[Any]], window: int):
+        super().__init__(name="reader-pool", daemon=True)
+        self.pool, self.source, self.window = pool, source, window
+        self.queue: deque[_Task] = deque()
+        self.cond = threading.Condition()
+        self.exhausted = self.finished = self.stopping = False
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    if self.stopping:
+                        return
+                    while not self.exhausted and len(self.queue) < self.window:
+                        items = next(self.source, None)
+                        if items is None:
+                            self.exhausted = True
+                        else:
+                            self.queue.append(_Task(list(items)))
+                    if self.exhausted and all(t.done for t in self.queue):
+                        self.finished = True
+                        self.cond.notify_all()
+                        return
+                    self.pool._dispatch(self.queue)
+                    if not any(r.task is not None or not r.ready for r in self.pool.readers):
+                        self.cond.wait(POLL_SECONDS)  # the window is full of results: wait for the caller
+                        continue
+                self.pool._collect(self.queue, self.cond)
+                with self.cond:
+                    self.cond.notify_all()
+        except BaseException as e:  # noqa: BLE001 - the caller raises it (readers that cannot start, a vanished folder)
+            with self.cond:
+                self.error = e
+                self.cond.notify_all()
+
+    def next_done(self) -> _Task | None:
+        """The next task in order once it is done; ``None`` after the last."""
+        with self.cond:
+            while True:
+                if self.queue and self.queue[0].done:
+                    task = self.queue.popleft()
+                    self.cond.notify_all()
+                    return task
+                if self.error is not None:
+                    raise self.error
+                if self.finished and not self.queue:
+                    return None
+                self.cond.wait()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join()

@@ -88,16 +88,17 @@ def exit_at_start() -> None:
 
 
 def test_a_reader_that_dies_or_hangs_costs_only_the_file_it_held():
-    tasks = [["a"], ["segv"], ["b", "abort", "c"], ["hang"], ["raise"], ["d"]]
+    tasks = [["a"], ["segv"], ["b", "abort", "c"], ["hang"], ["raise"], ["d"], ["e", "raise", "f"]]
     with ReaderPool(2, crash_or_echo, as_failed, worker_context(), seconds_per_item=3) as pool:
         out = [r for batch in pool.imap(tasks, read_ahead=4) for r in batch]
         assert pool.replaced == 4  # segv, abort (in its chunk, then alone), hang: each reader replaced
-    assert [o.split(":")[1] for o in out] == ["a", "segv", "b", "abort", "c", "hang", "raise", "d"]  # order kept
+    assert [o.split(":")[1] for o in out] == ["a", "segv", "b", "abort", "c", "hang", "raise", "d", "e", "raise", "f"]
     assert out[0] == "ok:a" and out[2] == "ok:b" and out[4] == "ok:c" and out[7] == "ok:d"
     assert "reader process died while decoding (SIGSEGV" in out[1]
     assert "reader process died while decoding (SIGABRT" in out[3]  # found by retrying the chunk file by file
     assert "longer than 3 s per file (time limit)" in out[5]
-    assert out[6] == "failed:raise:reader error: ValueError: bad item"
+    assert out[6] == out[9] == "failed:raise:reader error: ValueError: bad item"
+    assert out[8] == "ok:e" and out[10] == "ok:f"  # a chunk that raised is retried file by file too
 
 
 def test_readers_that_cannot_start_end_the_run_with_a_reason():

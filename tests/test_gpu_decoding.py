@@ -204,10 +204,11 @@ def test_readers_take_several_files_per_gpu_call_in_order(gpu_inputs, corpus, mo
 
 def test_gpu_decoding_runs_on_the_networks_cuda_device(corpus, monkeypatch):
     """``BODYPART_DEVICE=cuda:1`` puts the readers' GPU decoders on cuda:1, not the default device."""
-    from app.settings import Settings
+    from app.settings import Settings, SettingsError
     from operators import batching
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr("operators.gpu_decoding.unavailable_reason", lambda: None)
     settings = Settings.from_env({"BODYPART_DEVICE": "cuda:1", "BODYPART_GPU_DECODE": "auto"})
     assert settings.decode.gpu_device == "cuda:1"
@@ -231,3 +232,5 @@ def test_gpu_decoding_runs_on_the_networks_cuda_device(corpus, monkeypatch):
     assert asked == ["cuda:1", "cuda:1"]
     with pytest.raises(ValueError, match="cuda or cuda:N"):
         DecodeOptions(gpu_device="cpu")
+    with pytest.raises(SettingsError, match=r"BODYPART_DEVICE='cuda:2': this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        Settings.from_env({"BODYPART_DEVICE": "cuda:2"})
