@@ -217,3 +217,29 @@ def _said(ds) -> list:
             out.append((name, str(value)))
         out.extend(_said(item))
     return out
+
+
+def test_a_source_that_changes_after_it_was_read_is_not_copied_or_reported(corpus, tmp_path):
+    """Files can change while a run goes on (an archive being written): the copy and the SR would
+    mix the header read now with pixels classified before, so neither is written, with the reason."""
+    import os
+    import shutil
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("dx_pelvis_ddh_1.dcm", "dx_pelvis_ddh_10.dcm"):
+        shutil.copyfile(corpus / name, inputs / name)
+    (changed,) = read_file(inputs / "dx_pelvis_ddh_1.dcm", inputs).radiographs
+    (kept,) = read_file(inputs / "dx_pelvis_ddh_10.dcm", inputs).radiographs
+    with open(inputs / "dx_pelvis_ddh_1.dcm", "ab") as fh:  # appended to after it was read
+        fh.write(b"\0" * 16)
+    os.utime(inputs / "dx_pelvis_ddh_1.dcm", ns=(0, 0))
+    outputs = DicomOutputs(tmp_path / "out", ALGORITHM, CAT)
+    outcomes = outputs.add([changed, kept], [classified_outcome(r, _double(["Pelvis"]), MODEL, CAT) for r in (changed, kept)])
+    outputs.close()
+    bad, good = (o.details for o in outcomes)
+    assert bad["outputs"]["corrected"] is None
+    assert bad["corrected_reason"] == "not written: the source file changed or vanished after it was read"
+    assert bad["sr_reason"] == "not in the SR: the source file changed or vanished after it was read"
+    assert good["outputs"]["corrected"] == "dicom/dx_pelvis_ddh_10.dcm" and "sr_reason" not in good
+    assert not (tmp_path / "out/dicom/dx_pelvis_ddh_1.dcm").exists()

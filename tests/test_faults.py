@@ -241,6 +241,26 @@ def test_an_image_cut_off_before_its_pixels_is_failed_not_skipped(corpus, tmp_pa
     assert "no Pixel Data in a" in outcome.reason and "truncated or damaged" in outcome.reason
 
 
+def test_a_decoder_panic_that_is_not_an_exception_is_the_files_reason(corpus, monkeypatch):
+    """pyo3 turns a Rust panic (pylibjpeg-rle on a damaged stream, found by the fuzzer) into
+    ``PanicException``, a BaseException: it must still become the file's reason."""
+    from operators import radiograph
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(ds):
+        raise PanicException("index out of bounds: the len is 6195200 but the index is 6195200")
+
+    monkeypatch.setattr(radiograph, "decode_pixels", panic)
+    outcome = read_file(corpus / "wg04_RG2_RLE.dcm", reduced_resolution=False).outcome
+    assert outcome.status is Status.FAILED
+    assert outcome.reason == "cannot decode: PanicException: index out of bounds: the len is 6195200 but the index is 6195200"
+    monkeypatch.setattr(radiograph, "decode_pixels", lambda ds: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # a person's Ctrl-C is not a file's fault
+        read_file(corpus / "wg04_RG2_RLE.dcm", reduced_resolution=False)
+
+
 def test_a_damaged_data_element_is_named(corpus, tmp_path):
     data = fac.save(fac.load(corpus / "wg04_RG3_UNCR.dcm"), tmp_path / "ok.dcm").read_bytes()  # explicit VR little endian
     modality = b"\x08\x00\x60\x00CS"
