@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,8 +53,11 @@ def main() -> None:
     runs = []
     for i in range(args.rounds):
         for tree in args.checkouts:
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(tree), str(args.corpus), str(args.repeat), str(args.workers)],
-                                  capture_output=True, text=True)
+            # run in the checkout: reader processes start from a fresh server whose sys.path begins
+            # with its working directory, and must import this checkout's operators
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(tree.resolve()), str(args.corpus.resolve()), str(args.repeat),
+                                   str(args.workers)], capture_output=True, text=True, cwd=tree,
+                                  env={**os.environ, "PYTHONPATH": str(tree.resolve())})
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"{tree}: no result\n{proc.stderr[-2000:]}")

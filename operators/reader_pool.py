@@ -39,6 +39,8 @@ R = TypeVar("R")  # what a task returns
 MAX_START_FAILURES = 3
 #: The driver thread looks at least this often whether it was asked to stop.
 POLL_SECONDS = 0.5
+#: Tasks sent to a reader at once: the one it decodes and the next.
+TASKS_PER_READER = 2
 
 
 class ReaderStartError(RuntimeError):
@@ -59,7 +61,13 @@ class _Reader:
     process: Any
     conn: Connection
     ready: bool = False
-    task: _Task | None = field(default=None, repr=False)
+    #: Tasks sent, in order; the first is the one it works on (the next waits in its pipe, so the
+    #: reader never idles between tasks).
+    tasks: deque = field(default_factory=deque, repr=False)
+
+    @property
+    def task(self) -> "_Task | None":
+        return self.tasks[0] if self.tasks else None
 
 
 def _reader_main(conn: Connection, initializer: Callable | None, initargs: tuple) -> None:
@@ -164,20 +172,27 @@ class ReaderPool(Generic[T, R]):
         return reader
 
     def _dispatch(self, queue: deque[_Task]) -> None:
-        idle = [r for r in self.readers if r.ready and r.task is None]
         for task in queue:
-            if not idle:
-                return
             if task.done or task.worker is not None:
                 continue
-            reader = idle.pop()
-            task.worker, reader.task = reader, task
-            limit = self.seconds_per_item * len(task.items) if self.seconds_per_item else None
-            task.deadline = time.monotonic() + limit if limit else float("inf")
+            free = [r for r in self.readers if r.ready and len(r.tasks) < TASKS_PER_READER]
+            if not free:
+                return
+            reader = min(free, key=lambda r: len(r.tasks))  # an idle reader first
+            task.worker = reader
+            reader.tasks.append(task)
+            task.deadline = float("inf")
+            if len(reader.tasks) == 1:
+                self._start_clock(task)
             try:
                 reader.conn.send((self.fn, (task.items, *self.args)))
             except (OSError, ValueError):  # died between tasks: noticed in _collect
                 pass
+
+    def _start_clock(self, task: _Task) -> None:
+        """The time limit runs from when the reader starts on the task (it was waiting before)."""
+        limit = self.seconds_per_item * len(task.items) if self.seconds_per_item else None
+        task.deadline = time.monotonic() + limit if limit else float("inf")
 
     def _collect(self, queue: deque[_Task], lock: threading.Condition) -> None:
         """Wait (at most ``POLL_SECONDS``, without ``lock``) for one event -- a result, a reader's
@@ -204,8 +219,9 @@ class ReaderPool(Generic[T, R]):
                     reader.ready = True
                     self._start_failures = 0
                 elif kind == "error" and reader.task is not None and len(reader.task.items) > 1:
-                    self._split(reader.task, queue)  # which file raised? each alone, like a death
-                    reader.task = None
+                    self._split(reader.tasks.popleft(), queue)  # which file raised? each alone, like a death
+                    if reader.task is not None:
+                        self._start_clock(reader.task)
                 else:
                     self._finish(reader, payload if kind == "ok" else None, None if kind == "ok" else f"reader error: {payload}")
             elif not reader.process.is_alive():
@@ -217,17 +233,21 @@ class ReaderPool(Generic[T, R]):
                 self._lost(reader, queue, f"decoding took longer than {seconds:g} s per file (time limit); reader stopped")
 
     def _finish(self, reader: _Reader, result: Any, error: str | None) -> None:
-        task = reader.task
-        reader.task = None
-        if task is None:
+        if not reader.tasks:
             return
+        task = reader.tasks.popleft()
+        if reader.task is not None:
+            self._start_clock(reader.task)
         task.worker = None
         task.result = result if error is None else self.failed(task.items, error)
         task.done = True
 
     def _lost(self, reader: _Reader, queue: deque[_Task], reason: str) -> None:
         """A reader died or was killed: replace it; fail or split the task it held."""
-        task = reader.task
+        task = reader.tasks.popleft() if reader.tasks else None
+        for waiting in reader.tasks:  # sent but not started: they go to another reader as they are
+            waiting.worker, waiting.deadline = None, float("inf")
+        reader.tasks.clear()
         self.readers.remove(reader)
         reader.conn.close()
         reader.process.join(1)
