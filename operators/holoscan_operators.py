@@ -26,7 +26,7 @@ from .classify import classify_batch
 from .dicom_outputs import DicomOutputs
 from .ensemble import Ensemble
 from .outcome import InputOutcome, short_reason
-from .output_files import fatal_output_error
+from .output_files import OutputError, fatal_output_error
 from .preprocessing import Preprocessing
 from .report import Progress
 from .results import ModelInfo, ResultsWriter
@@ -180,9 +180,11 @@ class ResultsWriterOperator(Operator):
         reason = self.run.incomplete_reason
         try:
             path = self.writer.close(interrupted=reason)
-        except OSError as e:
-            log.error("results.json not written (%s); %s holds every result recorded", e.strerror or e, self.writer.partial)
-            self.run.stop(f"results.json not written: {e.strerror or e}")  # the exit code must say so
+        except (OSError, OutputError) as e:
+            cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
+            why = getattr(cause, "strerror", None) or cause
+            log.error("results.json not written (%s); %s holds every result recorded", why, self.writer.partial)
+            self.run.stop(f"results.json not written: {why}")  # the exit code must say so
             return
         if reason:
             log.error("results: %s (%s); the run is NOT complete: %s", path, self.progress.summary(), reason)

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from .catalogue import Catalogue
 from .ensemble import Ensemble, Prediction
 from .outcome import InputOutcome, Status
+from .output_files import write_atomically
 from .radiograph import Radiograph
 
 SCHEMA_VERSION = "1.0"
@@ -130,13 +131,18 @@ class ResultsWriter:
             self.needs_review += bool(record["status"] == "classified" and record["needs_review"])
 
     def close(self, interrupted: str | None = None) -> Path:
-        """Write ``results.json`` (streamed from the JSONL, so memory stays flat)."""
+        """Write ``results.json`` (streamed from the JSONL, so memory stays flat, and atomically).
+
+        Raises
+        ------
+        OutputError
+            The output folder is full, read-only or failing (``results.jsonl`` is kept).
+        """
         if self.closed:
             return self.output_dir / "results.json"
         self._fh.close()
         self.closed = True
         final = self.output_dir / "results.json"
-        tmp = final.with_suffix(".json.tmp")
         head = {
             "schema_version": SCHEMA_VERSION,
             **self.run,
@@ -146,18 +152,17 @@ class ResultsWriter:
             "interrupted_reason": interrupted,
             "summary": {**self.counts, "needs_review": self.needs_review},
         }
-        try:
-            with open(tmp, "w", encoding="utf-8") as out, open(self.partial, encoding="utf-8") as src:
+
+        def write(out) -> None:
+            with open(self.partial, encoding="utf-8") as src:
                 text = json.dumps(head, indent=2)
-                out.write(text[:-2] + ',\n  "instances": [')
+                out.write((text[:-2] + ',\n  "instances": [').encode("utf-8"))
                 first = True
                 for line in src:
-                    out.write(("\n    " if first else ",\n    ") + line.strip())
+                    out.write((("\n    " if first else ",\n    ") + line.strip()).encode("utf-8"))
                     first = False
-                out.write("\n  ]\n}\n")
-            os.replace(tmp, final)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # results.jsonl keeps every result recorded
-            raise
+                out.write(b"\n  ]\n}\n")
+
+        write_atomically(final, write)  # on failure results.jsonl keeps every result recorded
         self.partial.unlink()
         return final

@@ -6,6 +6,9 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -44,6 +47,20 @@ def read_results(out: Path) -> dict:
     doc = json.loads((Path(out) / "results.json").read_text())
     jsonschema.validate(doc, RESULTS_SCHEMA)
     return doc
+
+
+def start_app_until_results(inputs: Path, out: Path, package: Path, lines: int, **env: str) -> subprocess.Popen:
+    """Start ``python -m app`` and return it running once ``OUT/results.jsonl`` holds ``lines``
+    results (or it ended, or 300 s passed): a run to interrupt with something already recorded."""
+    proc = subprocess.Popen([sys.executable, "-m", "app", "-i", str(inputs), "-o", str(out), "-m", str(package)], cwd=ROOT,
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = Path(out) / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if partial.is_file() and len(partial.read_text().splitlines()) >= lines:
+            break
+        time.sleep(0.2)
+    return proc
 
 
 def require_tool(name: str, package: str) -> str:

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import RESULTS_SCHEMA as SCHEMA
-from tests.conftest import ROOT, read_results
+from tests.conftest import ROOT, read_results, start_app_until_results
 
 pytestmark = pytest.mark.slow  # runs the app, trains or fuzzes: not in the fast tier
 
@@ -156,21 +156,12 @@ def test_default_package_end_to_end_on_the_corpus(corpus, corpus_labels, tmp_pat
 
 def test_killed_run_keeps_every_finished_result(corpus, tiny_package, tmp_path):
     import signal
-    import time
 
     out = tmp_path / "out"
-    env = {**os.environ, "BODYPART_BATCH_SIZE": "1", "BODYPART_WORKERS": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "-i", str(corpus), "-o", str(out), "-m", str(tiny_package)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = out / "results.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if partial.is_file() and len(partial.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
+    proc = start_app_until_results(corpus, out, tiny_package, 3, BODYPART_BATCH_SIZE="1", BODYPART_WORKERS="0")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    lines = [json.loads(l) for l in partial.read_text().splitlines()]  # every line is a whole record
+    lines = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]  # every line is a whole record
     assert len(lines) >= 3 and all(l["status"] in ("classified", "failed", "skipped") for l in lines)
     assert not (out / "results.json").exists()
 

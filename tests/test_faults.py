@@ -31,7 +31,7 @@ from operators.processes import worker_context
 from operators.radiograph import iter_input_files, read_file
 from operators.reader_pool import ReaderPool, ReaderStartError
 from tests import dicom_factory as fac
-from tests.conftest import ROOT, read_results
+from tests.conftest import ROOT, read_results, start_app_until_results
 
 PRE = Preprocessing(size=64)
 SMALL = "dx_pelvis_ddh_1.dcm"  # 34 KB
@@ -390,17 +390,9 @@ def test_two_runs_into_one_output_folder_do_not_interleave(corpus, tiny_package,
 
 def test_an_interrupted_run_says_it_is_not_complete(corpus, tiny_package, tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "BODYPART_WORKERS": "1", "BODYPART_BATCH_SIZE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "-i", str(corpus), "-o", str(out), "-m", str(tiny_package)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    partial = out / "results.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if partial.is_file() and len(partial.read_text().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
+    proc = start_app_until_results(corpus, out, tiny_package, 2, BODYPART_WORKERS="1", BODYPART_BATCH_SIZE="1")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
     doc = read_results(out)
     assert doc["complete"] is False and "interrupted" in doc["interrupted_reason"], doc["interrupted_reason"]
     assert 2 <= len(doc["instances"]) < 35
