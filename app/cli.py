@@ -92,6 +92,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="labelled data: a labels.csv (or folder with one), a UNIFESP folder (train.csv), or class folders; repeatable")
     p.add_argument("--layout", choices=["csv", "unifesp", "folders"], help="data layout (default: guessed)")
     p.add_argument("--holdout-source", action="append", default=[], help="put every image of this source in the test split; repeatable")
+    p.add_argument("--test-data", type=Path, action="append", default=[],
+                   help="labelled data for testing only (other hospitals' films), a held-out source of its own; repeatable")
     p.add_argument("-o", "--output", type=Path, required=True, help="run folder")
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             config = TrainConfig.load(args.config, device=args.device, epochs=args.epochs, num_workers=args.workers,
                                       max_minutes_per_member=args.max_minutes_per_member)
             package = run_training(config, args.data, args.output, layout=args.layout,
-                                   holdout_sources=args.holdout_source, resume=not args.no_resume)
+                                   holdout_sources=args.holdout_source, resume=not args.no_resume, test_data=args.test_data)
         except (DataError, ValueError, FileNotFoundError) as e:
             log.error("%s", e)
             return 2

@@ -66,6 +66,7 @@ class Catalogue:
         classes: Sequence[BodyPartClass],
         combined: dict[frozenset[str], AnatomyTerm],
         regions: Sequence[tuple[frozenset[str], AnatomyTerm]] = (),
+        neighbours: dict[str, Sequence[str]] | None = None,
     ):
         names = [c.name for c in classes]
         if len(set(names)) != len(names):
@@ -78,6 +79,16 @@ class Catalogue:
         self.combined = dict(combined)
         self.regions = tuple(regions)
         self._by_key = {c.name.casefold(): c for c in self.classes}
+        self._neighbours: dict[str, tuple[str, ...]] = {}
+        for name, near in (neighbours or {}).items():
+            unknown = {name, *near} - set(names)
+            if unknown:
+                raise ValueError(f"neighbours refer to unknown classes {sorted(unknown)}")
+            self._neighbours[name] = tuple(near)
+        for name, near in self._neighbours.items():
+            for other in near:  # adjacency is symmetric: a table that says otherwise has a typo
+                if name not in self._neighbours.get(other, ()):
+                    raise ValueError(f"neighbours are not symmetric: {name} lists {other}, not the reverse")
 
     @classmethod
     def default(cls) -> "Catalogue":
@@ -116,6 +127,15 @@ class Catalogue:
 
     def index(self, name: str) -> int:
         return self.names.index(self.get(name).name)
+
+    def neighbours(self, name: str) -> tuple[str, ...]:
+        """Classes whose anatomy a film of ``name`` usually shows too (a wrist film shows the hand's
+        base and the forearm's end), from ``operators/data/neighbours.csv``.
+
+        Training uses them where a source names one part per film although the film shows more:
+        the neighbours of the named part are neither positive nor negative for that film.
+        """
+        return self._neighbours.get(self.get(name).name, ())
 
     def term_for(self, labels: Iterable[str], probabilities: dict[str, float] | None = None) -> AnatomyTerm | None:
         """The single term that names a set of labels, or ``None`` when there is none.
@@ -184,7 +204,9 @@ def _default_catalogue() -> Catalogue:
             regions.append((frozenset(names[first : last + 1]), term))
         else:
             combined[frozenset(p.strip() for p in row["labels"].split("+"))] = term
-    return Catalogue(classes, combined, regions)
+    neighbours = {row["class"].strip(): [n.strip() for n in row["neighbours"].split("|") if n.strip()]
+                  for row in _read_csv("neighbours.csv")}
+    return Catalogue(classes, combined, regions, neighbours)
 
 
 _RANGE = re.compile(r"\((?P<first>[^.()]+)\.\.(?P<last>[^.()]+)\)")

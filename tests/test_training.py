@@ -98,9 +98,9 @@ def test_offline_augmentation_multiplies_minorities_up_to_the_cap():
     y[:20, 0] = 1
     y[20:, 1] = 1  # 3 minority images: ratio 6.7 -> 7 copies in all
     x = torch.randint(0, 255, (23, 1, 16, 16), dtype=torch.uint8)
-    ax, ay = offline_augment(x, y, max_factor=10, seed=0)
+    ax, ay, _ = offline_augment(x, y, max_factor=10, seed=0)
     assert ay[:, 1].sum() == 21 and ay[:, 0].sum() == 20 and len(ax) == len(ay)
-    _, capped = offline_augment(x, y, max_factor=4, seed=0)
+    _, capped, _ = offline_augment(x, y, max_factor=4, seed=0)
     assert capped[:, 1].sum() == 12
 
 

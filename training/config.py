@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from .augment import AugmentConfig
+
 
 @dataclass
 class MemberConfig:
@@ -38,9 +40,18 @@ class TrainConfig:
     # offline augmentation of minority classes, after the split, training part only
     offline_augment: bool = True
     offline_max_factor: int = 10
-    # online augmentation
-    flip_prob: float = 0.5
-    rotate_range_deg: float = 180.0
+    # online augmentation (training/augment.py): the study's flips and rotations by default
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # sources that name one part per film although their films show the neighbouring parts too:
+    # the neighbours (operators/data/neighbours.csv) are left out of the loss for their films
+    partial_label_sources: tuple[str, ...] = ()
+    # sources held out as a whole: validation (epochs, stackers, thresholds) and test
+    val_sources: tuple[str, ...] = ()
+    test_sources: tuple[str, ...] = ()
+    # a class is known (reported) only with at least this many labelled images
+    min_class_images: int = 1
+    # stem and the first N block stages keep their ImageNet weights (about 3x faster on a CPU)
+    freeze_stages: int = 0
     # optimisation
     epochs: int = 100
     patience: int = 20
@@ -68,6 +79,14 @@ class TrainConfig:
         self.members = [m if isinstance(m, MemberConfig) else MemberConfig(**m) for m in self.members]
         self.mean, self.std, self.split = tuple(self.mean), tuple(self.std), tuple(self.split)
         self.stackers = tuple(self.stackers)
+        if not isinstance(self.augment, AugmentConfig):
+            self.augment = AugmentConfig.from_json(self.augment)
+        self.partial_label_sources = tuple(self.partial_label_sources)
+        self.val_sources, self.test_sources = tuple(self.val_sources), tuple(self.test_sources)
+        if set(self.val_sources) & set(self.test_sources):
+            raise ValueError(f"sources both in validation and test: {sorted(set(self.val_sources) & set(self.test_sources))}")
+        if self.min_class_images < 1 or self.freeze_stages < 0:
+            raise ValueError("need min_class_images >= 1 and freeze_stages >= 0")
         if abs(sum(self.split) - 1.0) > 1e-6 or any(s <= 0 for s in self.split):
             raise ValueError(f"split fractions must be positive and sum to 1, got {self.split}")
         if not self.members:
@@ -92,4 +111,5 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["members"] = [asdict(m) for m in self.members]
+        d["augment"] = self.augment.to_json()
         return d

@@ -19,17 +19,24 @@ from operators.ensemble import DEFAULT_PRECISION, inference_autocast, pick_devic
 from operators.networks import create_network
 from operators.preprocessing import Preprocessing
 
+from .augment import online_transform
 from .config import MemberConfig, TrainConfig
 
 log = logging.getLogger("bodypart.training")
 
 
 class TensorImages(Dataset):
-    """Cached squared images (uint8, (N, 1, S, S)) with online MONAI augmentation, normalised on the fly."""
+    """Cached squared images (uint8, (N, 1, S, S)) with online augmentation, normalised on the fly.
 
-    def __init__(self, images: torch.Tensor, y: np.ndarray, preprocessing: Preprocessing, augment: bool, config: TrainConfig, seed: int = 0):
+    Items are ``(x, y, mask)``: ``mask`` is 0 for the classes whose loss a film leaves out (the
+    neighbours of a part that its source names alone), 1 elsewhere.
+    """
+
+    def __init__(self, images: torch.Tensor, y: np.ndarray, preprocessing: Preprocessing, augment: bool, config: TrainConfig,
+                 seed: int = 0, mask: np.ndarray | None = None):
         self.images, self.y, self.pre, self.augment = images, torch.as_tensor(y), preprocessing, augment
-        self.transform = online_transform(config, seed) if augment else None
+        self.mask = torch.ones_like(self.y) if mask is None else torch.as_tensor(mask, dtype=self.y.dtype)
+        self.transform = online_transform(config.augment, seed) if augment else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -37,38 +44,29 @@ class TensorImages(Dataset):
     def __getitem__(self, i: int):
         x = self.images[i].float() / 255.0
         if self.transform is not None:
-            x = torch.as_tensor(self.transform(x)).float()
-        return self.pre.normalise(x), self.y[i]
+            x = self.transform(x)
+        return self.pre.normalise(x), self.y[i], self.mask[i]
 
 
-def online_transform(config: TrainConfig, seed: int):
-    from monai.transforms import Compose, RandFlip, RandRotate
-
-    t = Compose([
-        RandFlip(prob=config.flip_prob, spatial_axis=0),
-        RandFlip(prob=config.flip_prob, spatial_axis=1),
-        RandRotate(range_x=math.radians(config.rotate_range_deg), prob=1.0 if config.rotate_range_deg else 0.0, padding_mode="zeros"),
-    ])
-    t.set_random_state(seed)
-    return t
-
-
-def offline_augment(images: torch.Tensor, y: np.ndarray, max_factor: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+def offline_augment(images: torch.Tensor, y: np.ndarray, max_factor: int, seed: int,
+                    mask: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Add flipped/rotated (0-360 degrees) copies of minority-class images, each class up to
-    ``max_factor`` times its count, by its ratio to the majority class (training split only)."""
+    ``max_factor`` times its count, by its ratio to the majority class (training split only).
+    Copies keep their image's loss mask; returns images, targets and masks."""
     from monai.transforms import Compose, RandFlip, RandRotate
 
+    mask = np.ones_like(y) if mask is None else mask
     counts = y.sum(0)
     present = counts > 0
     if not present.any() or max_factor <= 1:
-        return images, y
+        return images, y, mask
     majority = counts[present].max()
     factor = np.ones_like(counts)
     factor[present] = np.clip(np.round(majority / counts[present]), 1, max_factor)
     t = Compose([RandFlip(prob=0.5, spatial_axis=0), RandFlip(prob=0.5, spatial_axis=1),
                  RandRotate(range_x=math.pi, prob=1.0, padding_mode="zeros")])
     t.set_random_state(seed)
-    extra_x, extra_y = [], []
+    extra_x, extra_y, extra_m = [], [], []
     for i in range(len(y)):
         labels = y[i] > 0
         copies = int(factor[labels].max()) - 1 if labels.any() else 0
@@ -76,18 +74,29 @@ def offline_augment(images: torch.Tensor, y: np.ndarray, max_factor: int, seed: 
             aug = torch.as_tensor(t(images[i].float() / 255.0)).clamp(0, 1)
             extra_x.append((aug * 255).round().to(torch.uint8))
             extra_y.append(y[i])
+            extra_m.append(mask[i])
     if not extra_x:
-        return images, y
+        return images, y, mask
     log.info("offline augmentation: %d images -> %d (factors up to %d)", len(y), len(y) + len(extra_x), int(factor.max()))
-    return torch.cat([images, torch.stack(extra_x)]), np.concatenate([y, np.stack(extra_y)])
+    return (torch.cat([images, torch.stack(extra_x)]), np.concatenate([y, np.stack(extra_y)]),
+            np.concatenate([mask, np.stack(extra_m)]))
 
 
-def class_balanced_pos_weight(y: np.ndarray) -> torch.Tensor:
-    """neg/pos per class, clipped to [1, 100]; classes with no positives get 1."""
-    pos = y.sum(0)
-    neg = len(y) - pos
+def class_balanced_pos_weight(y: np.ndarray, mask: np.ndarray | None = None) -> torch.Tensor:
+    """neg/pos per class over the targets that count (``mask``), clipped to [1, 100]; classes with
+    no positives get 1."""
+    mask = np.ones_like(y) if mask is None else mask
+    pos = (y * mask).sum(0)
+    neg = ((1 - y) * mask).sum(0)
     w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
     return torch.as_tensor(np.clip(w, 1.0, 100.0), dtype=torch.float32)
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy (class-balanced by ``pos_weight``) averaged over the targets that
+    count: a 0 in ``mask`` takes that (image, class) out of the loss and its gradient."""
+    per_target = nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight, reduction="none")
+    return (per_target * mask).sum() / mask.sum().clamp(min=1)
 
 
 def macro_sensitivity(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
@@ -106,12 +115,10 @@ def predict(net: nn.Module, images: torch.Tensor, pre: Preprocessing, device: to
     so that validation choices are made on the numbers users will get.
     """
     net.eval()
-    cuda = device.type == "cuda"
     out = []
     for start in range(0, len(images), batch_size):
         x = pre.normalise(images[start : start + batch_size].float() / 255.0).to(device)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
         with inference_autocast(device, DEFAULT_PRECISION if amp else "float32"):
             p = torch.stack([torch.sigmoid(net(v).float()) for v in views]).mean(0)
@@ -126,29 +133,32 @@ def train_member(
     member: MemberConfig,
     config: TrainConfig,
     pre: Preprocessing,
-    train: tuple[torch.Tensor, np.ndarray],
+    train: tuple[torch.Tensor, np.ndarray, np.ndarray],
     val: tuple[torch.Tensor, np.ndarray],
     workdir: Path,
     resume: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``member``; return the best network (by validation macro sensitivity) and its history."""
+    """Train ``member`` on ``train`` (images, targets, loss masks); return the best network (by
+    validation macro sensitivity) and its history."""
     from tqdm.auto import tqdm
 
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     n_classes = train[1].shape[1]
     net = create_network(member.arch, n_classes, pre.channels, pretrained=member.pretrained).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    ds = TensorImages(train[0], train[1], pre, augment=True, config=config, seed=config.seed)
+    frozen = freeze_stages(net, config.freeze_stages)
+    if frozen:
+        log.info("%s: stem and first %d stages frozen (%d tensors)", member.key, config.freeze_stages, frozen)
+    # channels-last: the fast layout for these convolutions on CUDA and on CPU (oneDNN) alike
+    net = net.to(memory_format=torch.channels_last)
+    ds = TensorImages(train[0], train[1], pre, augment=True, config=config, seed=config.seed, mask=train[2])
     g = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=g, num_workers=config.num_workers,
                         drop_last=len(ds) > config.batch_size, pin_memory=device.type == "cuda",
                         persistent_workers=config.num_workers > 0)
     steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
-    pos_weight = class_balanced_pos_weight(train[1]).to(device) if config.class_balanced_loss else None
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr_min, weight_decay=config.weight_decay)
+    pos_weight = class_balanced_pos_weight(train[1], train[2]).to(device) if config.class_balanced_loss else None
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr_min, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=config.lr_min, max_lr=config.lr_max,
                                               step_size_up=max(1, 2 * steps), cycle_momentum=False)
     ckpt_path = workdir / f"checkpoint_{member.key}.pt"
@@ -175,15 +185,14 @@ def train_member(
         net.train()
         t0, total, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(total=steps, desc=f"{member.key} epoch {epoch}/{config.epochs}", leave=False, disable=None)
-        for step, (x, y) in enumerate(loader):
+        for step, (x, y, m) in enumerate(loader):
             if step >= steps:
                 break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y, m = x.to(device, non_blocking=True), y.to(device, non_blocking=True), m.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and config.amp) else nullcontext():
                 logits = net(x)
-            loss = loss_fn(logits.float(), y)
+            loss = masked_bce(logits.float(), y, m, pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -208,6 +217,25 @@ def train_member(
         net.load_state_dict(state["best_state"])
     return net.eval(), {"best_epoch": state["best_epoch"], "best_val_sensitivity": state["best_score"],
                         "stopped_by_time_budget": stopped_by_time_budget, "history": state["history"]}
+
+
+def freeze_stages(net: nn.Module, stages: int) -> int:
+    """Keep the stem and the first ``stages`` block stages at their initial weights (no gradient);
+    returns how many parameter tensors were frozen. For timm EfficientNet-style networks
+    (``conv_stem``, ``bn1``, ``blocks``); other architectures with ``stages > 0`` are refused."""
+    if stages <= 0:
+        return 0
+    blocks = getattr(net, "blocks", None)
+    if blocks is None or not hasattr(net, "conv_stem"):
+        raise ValueError(f"freeze_stages needs an EfficientNet-style network (conv_stem, blocks); {type(net).__name__} has not")
+    if stages >= len(blocks):
+        raise ValueError(f"freeze_stages={stages} would freeze every one of the {len(blocks)} stages")
+    n = 0
+    for part in (net.conv_stem, getattr(net, "bn1", None), *list(blocks)[:stages]):
+        for p in part.parameters() if part is not None else ():
+            p.requires_grad_(False)
+            n += 1
+    return n
 
 
 def _next_epoch_overruns(history: list[dict[str, Any]], started: float, budget_s: float) -> bool:

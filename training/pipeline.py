@@ -47,27 +47,32 @@ def duplicate_groups(images: torch.Tensor, tolerance: float = 6.0) -> np.ndarray
 
 
 def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int, sources: Sequence[str] | None = None,
-                     holdout: Sequence[str] = (), groups: np.ndarray | None = None) -> Split:
+                     holdout: Sequence[str] = (), groups: np.ndarray | None = None, val_holdout: Sequence[str] = ()) -> Split:
     """Multilabel-stratified train/val/test indices over duplicate groups (a group never spans two
-    splits); samples of ``holdout`` sources go to test only."""
+    splits). Samples of ``holdout`` sources go to test only, of ``val_holdout`` sources to
+    validation only; the other sources are split by ``fractions``."""
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     reps, inverse = np.unique(groups, return_inverse=True)
     first = np.array([np.flatnonzero(inverse == g)[0] for g in range(len(reps))])
     rep_sources = None if sources is None else [sources[i] for i in first]
-    part = _split_indices(y[first], fractions, seed, rep_sources, holdout)
+    part = _split_indices(y[first], fractions, seed, rep_sources, holdout, val_holdout)
     expand = lambda idx: sorted(np.flatnonzero(np.isin(inverse, idx)).tolist())  # noqa: E731
     return Split(expand(part.train), expand(part.val), expand(part.test))
 
 
-def _split_indices(y: np.ndarray, fractions: Sequence[float], seed: int, groups: Sequence[str] | None, holdout: Sequence[str]) -> Split:
+def _split_indices(y: np.ndarray, fractions: Sequence[float], seed: int, groups: Sequence[str] | None,
+                   holdout: Sequence[str], val_holdout: Sequence[str] = ()) -> Split:
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
     idx = np.arange(len(y))
-    held = np.array([g in set(holdout) for g in groups]) if (groups is not None and holdout) else np.zeros(len(y), bool)
-    pool = idx[~held]
+    in_ = lambda names: (np.array([g in set(names) for g in groups]) if (groups is not None and names)  # noqa: E731
+                         else np.zeros(len(y), bool))
+    held_test, held_val = in_(holdout), in_(val_holdout)
+    pool = idx[~held_test & ~held_val]
     _, val_f, test_f = fractions
-    test_n = max(0, int(round(test_f * len(y))) - int(held.sum()))
-    if test_n:
+    # the other sources keep a random test part too: the random-split figures beside the held-out ones
+    test_n = int(round(test_f * len(pool)))
+    if test_n and len(pool) - test_n >= 2:
         s1 = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_n / len(pool), random_state=seed)
         rest, test = next(s1.split(pool, y[pool]))
         rest, test = pool[rest], pool[test]
@@ -75,7 +80,31 @@ def _split_indices(y: np.ndarray, fractions: Sequence[float], seed: int, groups:
         rest, test = pool, np.array([], int)
     s2 = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_f / (1 - test_f), random_state=seed + 1)
     tr, va = next(s2.split(rest, y[rest]))
-    return Split(sorted(rest[tr].tolist()), sorted(rest[va].tolist()), sorted(np.concatenate([test, idx[held]]).astype(int).tolist()))
+    return Split(sorted(rest[tr].tolist()), sorted(np.concatenate([rest[va], idx[held_val]]).astype(int).tolist()),
+                 sorted(np.concatenate([test, idx[held_test]]).astype(int).tolist()))
+
+
+def loss_masks(samples: Sequence[Sample], catalogue: Catalogue, partial_sources: Sequence[str]) -> np.ndarray:
+    """(N, C) loss weights: 0 for the anatomical neighbours of the named parts on films of a source
+    that names one part per film (``partial_sources``), 1 elsewhere. A neighbour that the film's own
+    labels name stays 1."""
+    mask = np.ones((len(samples), len(catalogue)), np.float32)
+    partial = set(partial_sources)
+    for i, s in enumerate(samples):
+        if s.source in partial:
+            for label in s.labels:
+                for near in catalogue.neighbours(label):
+                    if near not in s.labels:
+                        mask[i, catalogue.index(near)] = 0
+    return mask
+
+
+def known_classes(y: np.ndarray, train_rows: np.ndarray, classes: Sequence[str], min_images: int) -> list[str]:
+    """Classes the package reports: at least ``min_images`` labelled images in the labelled data
+    (``y``, test-only data excluded) and positives in the training split."""
+    total = y.sum(0)
+    in_train = y[train_rows].sum(0) > 0
+    return [c for k, c in enumerate(classes) if total[k] >= min_images and in_train[k]]
 
 
 def cache_images(samples: Sequence[Sample], pre: Preprocessing) -> torch.Tensor:
@@ -95,8 +124,13 @@ def run_training(
     layout: str | None = None,
     holdout_sources: Sequence[str] = (),
     resume: bool = True,
+    test_data: Sequence[Path] = (),
 ) -> Path:
-    """Train, evaluate and export; returns the package folder (``output/package``)."""
+    """Train, evaluate and export; returns the package folder (``output/package``).
+
+    ``holdout_sources`` add to the config's ``test_sources``; ``test_data`` are labelled sets used
+    for testing only (other hospitals' films), each a held-out source of its own.
+    """
     from .report import write_report
 
     catalogue = Catalogue.default()
@@ -106,14 +140,30 @@ def run_training(
     samples: list[Sample] = []
     for d in data:
         samples += load_samples(Path(d), layout, catalogue)
-    log.info("%d labelled images from %s", len(samples), ", ".join(str(d) for d in data))
+    n_labelled = len(samples)
+    external: list[str] = []
+    for d in test_data:
+        extra = load_samples(Path(d), None, catalogue)
+        name = f"test:{Path(d).name}"
+        samples += [Sample(s.path, s.labels, name, s.license) for s in extra]
+        external.append(name)
+    log.info("%d labelled images from %s; %d for testing only", n_labelled, ", ".join(str(d) for d in data),
+             len(samples) - n_labelled)
+    test_sources = tuple(dict.fromkeys([*config.test_sources, *holdout_sources, *external]))
+    held_out = [*config.val_sources, *test_sources]
+    missing = sorted((set(config.val_sources) | set(config.test_sources) | set(holdout_sources)) - {s.source for s in samples})
+    if missing:
+        from .data import DataError
+
+        raise DataError(f"held-out source(s) {missing} not in the data; sources: {sorted({s.source for s in samples})}")
     pre = Preprocessing(size=config.image_size, mean=config.mean, std=config.std)
     y = targets(samples, catalogue)
     images = cache_images(samples, pre)
     groups = duplicate_groups(images)
     if (n_dup := len(samples) - len(np.unique(groups))):
         log.info("%d images are copies of others (same picture, other encoding): kept in the same split", n_dup)
-    split = stratified_split(y, config.split, config.seed, [s.source for s in samples], holdout_sources, groups)
+    split = stratified_split(y, config.split, config.seed, [s.source for s in samples], test_sources, groups,
+                             val_holdout=config.val_sources)
     _save_split(output / "split.csv", samples, split)
     (output / "config.json").write_text(json.dumps(config.to_json(), indent=2))
     tr, va, te = (np.asarray(v, int) for v in (split.train, split.val, split.test))
@@ -121,18 +171,20 @@ def run_training(
         from .data import DataError
 
         raise DataError(f"{len(samples)} images ({len(set(groups))} distinct) are too few for a train/validation split")
-    train_x, train_y = images[tr], y[tr]
+    masks = loss_masks(samples, catalogue, config.partial_label_sources)
+    train_x, train_y, train_m = images[tr], y[tr], masks[tr]
     if config.offline_augment:
-        train_x, train_y = offline_augment(train_x, train_y, config.offline_max_factor, config.seed)
+        train_x, train_y, train_m = offline_augment(train_x, train_y, config.offline_max_factor, config.seed, train_m)
 
-    trained_mask = y[tr].sum(0) > 0
-    trained = [c for k, c in enumerate(catalogue.names) if trained_mask[k]]
+    trained = known_classes(y[:n_labelled], tr, catalogue.names, config.min_class_images)
+    trained_mask = np.array([c in trained for c in catalogue.names])
+    untrained_counts = {c: int(y[:n_labelled, k].sum()) for k, c in enumerate(catalogue.names) if c not in trained}
     from operators.ensemble import pick_device
 
     device = pick_device(config.device)
     members, val_probs, test_probs, histories = [], [], [], {}
     for m in config.members:
-        net, history = train_member(m, config, pre, (train_x, train_y), (images[va], y[va]), output, resume=resume)
+        net, history = train_member(m, config, pre, (train_x, train_y, train_m), (images[va], y[va]), output, resume=resume)
         histories[m.key] = history
         val_probs.append(predict(net, images[va], pre, device, tta=config.tta, amp=config.amp))
         test_probs.append(predict(net, images[te], pre, device, tta=config.tta, amp=config.amp))
@@ -168,15 +220,31 @@ def run_training(
         if name == default:
             label = f"stack:{name}" + ("+calibration" if temperatures is not None else "") + "+thresholds"
             evaluations[label] = multilabel_metrics(test_y, default_test >= th, catalogue.names, trained_mask)
-    counts = {c: int(y[:, k].sum()) for k, c in enumerate(catalogue.names)}
+    counts = {c: int(y[:n_labelled, k].sum()) for k, c in enumerate(catalogue.names)}
+    test_sources_of = np.array([samples[i].source for i in te])
+    held = np.isin(test_sources_of, list(held_out))
+    th_pred = default_test >= th
+    by_part = {
+        "random_split": multilabel_metrics(test_y[~held], th_pred[~held], catalogue.names, trained_mask),
+        "held_out_sources": multilabel_metrics(test_y[held], th_pred[held], catalogue.names, trained_mask),
+    }
+    by_source = {src: multilabel_metrics(test_y[test_sources_of == src], th_pred[test_sources_of == src], catalogue.names, trained_mask)
+                 for src in sorted(set(test_sources_of))}
     summary = {
         "data": [str(d) for d in data],
+        "test_data": [str(d) for d in test_data],
         "images": len(samples),
         "split_sizes": {"train": len(tr), "val": len(va), "test": len(te), "train_after_offline_augmentation": len(train_x)},
-        "holdout_sources": list(holdout_sources),
+        "holdout_sources": list(test_sources),
+        "val_sources": list(config.val_sources),
+        "partial_label_sources": list(config.partial_label_sources),
         "class_counts": counts,
         "trained_classes": trained,
+        "untrained_classes": untrained_counts,
+        "min_class_images": config.min_class_images,
         "evaluations": evaluations,
+        "decision_by_part": by_part,
+        "decision_by_source": by_source,
         "histories": histories,
         "device": str(device),
         "seconds": round(time.perf_counter() - t_start, 1),
@@ -184,7 +252,7 @@ def run_training(
     (output / "metrics.json").write_text(json.dumps(summary, indent=2))
     write_report(output, summary, catalogue.names, test_y, default_test, test_m, [m.key for m in config.members], default)
 
-    sources = sorted({(s.source, s.license) for s in samples})
+    sources = sorted({(s.source, s.license) for s in samples[:n_labelled]})
     headline = next((v for k, v in evaluations.items() if k.startswith(f"stack:{default}+")), evaluations[f"stack:{default}"])
     card = model_card(config, summary, headline, sources, default)
     package = write_package(
@@ -196,7 +264,9 @@ def run_training(
             "class_counts": counts,
             "training_data": [{"source": s, "license": l} for s, l in sources],
             "metrics": {"test": {k: _headline(v) for k, v in evaluations.items()}, "split": summary["split_sizes"],
-                        "holdout_sources": list(holdout_sources)},
+                        "holdout_sources": list(test_sources), "val_sources": list(config.val_sources),
+                        "test_by_part": {k: _headline(v) for k, v in by_part.items()},
+                        "test_by_source": {k: _headline(v) for k, v in by_source.items()}},
             "training_config": config.to_json(),
         },
         model_card=card,
@@ -232,6 +302,8 @@ def _save_split(path: Path, samples: Sequence[Sample], split: Split) -> None:
 def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str, Any], sources, stacker: str) -> str:
     counts = summary["class_counts"]
     trained = summary["trained_classes"]
+    untrained = summary["untrained_classes"]
+    parts = summary["decision_by_part"]
     lines = [
         f"# Model card: {config.name} {config.version}",
         "",
@@ -244,16 +316,35 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
         "with `needs_review` goes to a person. Not a diagnostic device.",
         "",
         "## Classes",
-        f"Known (had training images): {', '.join(f'{c} ({counts[c]})' for c in trained)}.",
-        f"Not known (never reported): {', '.join(c for c in counts if c not in trained) or 'none'}.",
+        f"Known (reported; at least {summary['min_class_images']} labelled images): "
+        f"{', '.join(f'{c} ({counts[c]})' for c in trained)}.",
+        f"Not known (never reported; labelled images in brackets): "
+        f"{', '.join(f'{c} ({n})' for c, n in untrained.items()) or 'none'}.",
         "Classes with fewer than 20 images are few-shot: expect low sensitivity on them.",
         "",
-        "## Test-split metrics",
-        f"Test images: {headline['n']}; held-out sources: {', '.join(summary['holdout_sources']) or 'none (random split)'}.",
+        "## How it was trained",
+        f"Validation (epochs, stackers, thresholds) on sources held out as a whole: {', '.join(summary['val_sources']) or 'none (random split)'}"
+        " plus a random part of the others.",
+        f"Sources that name one part per film although the film shows its neighbours: "
+        f"{', '.join(summary['partial_label_sources']) or 'none'}; for their films the neighbouring parts "
+        "(operators/data/neighbours.csv) are left out of the loss, neither positive nor negative.",
+        "Online augmentation: " + ", ".join(f"{k}={v}" for k, v in config.augment.to_json().items()) + ".",
         "",
-        "| model | macro F1 | micro F1 | exact match | Hamming loss |",
-        "|---|---|---|---|---|",
+        "## Test metrics (the package's decision: stacker, calibration, thresholds)",
+        f"Held-out test sources: {', '.join(summary['holdout_sources']) or 'none'}.",
+        "",
+        "| test part | images | macro F1 | micro F1 | exact match | Hamming loss |",
+        "|---|---|---|---|---|---|",
     ]
+    for name, m in [*parts.items(), *summary["decision_by_source"].items()]:
+        lines.append(f"| {name} | {m['n']} | {_f(m['macro_f1'])} | {_f(m['micro_f1'])} | {_f(m['exact_match'])} | {_f(m['hamming_loss'])} |")
+    lines += ["", "Per class on the held-out sources (known classes with positives there):", "",
+              "| class | positives | sensitivity | specificity | F1 |", "|---|---|---|---|---|"]
+    for c, v in parts["held_out_sources"]["per_class"].items():
+        if v["evaluated"] and v["positives"]:
+            lines.append(f"| {c} | {v['positives']} | {_f(v['sensitivity'])} | {_f(v['specificity'])} | {_f(v['f1'])} |")
+    lines += ["", "All test images, members and stackers:", "",
+              "| model | macro F1 | micro F1 | exact match | Hamming loss |", "|---|---|---|---|---|"]
     for name, m in summary["evaluations"].items():
         lines.append(f"| {name} | {_f(m['macro_f1'])} | {_f(m['micro_f1'])} | {_f(m['exact_match'])} | {_f(m['hamming_loss'])} |")
     lines += ["", "## Training data", "", "| source | licence |", "|---|---|"]

@@ -125,9 +125,33 @@ def write_report(out: Path, summary: dict[str, Any], classes: Sequence[str], tes
     for c, v in head["per_class"].items():
         if v["evaluated"]:
             lines.append(f"| {c} | {v['positives']} | {_f(v['sensitivity'])} | {_f(v['specificity'])} | {_f(v['f1'])} |")
+    lines += _parts_section(summary, stacker)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _parts_section(summary: dict[str, Any], stacker: str) -> list[str]:
+    """Held-out sources against the random split, per source and per class (the package's decision)."""
+    parts, by_source = summary.get("decision_by_part"), summary.get("decision_by_source")
+    if not parts:
+        return []
+    lines = ["", "## Across sources (the package's decision)", "",
+             f"Validation sources held out: {', '.join(summary.get('val_sources') or []) or 'none'}; "
+             f"test sources held out: {', '.join(summary.get('holdout_sources') or []) or 'none'}.", "",
+             "| test part | images | macro F1 | micro F1 | exact match | macro sensitivity |", "|---|---|---|---|---|---|"]
+    for name, m in [*parts.items(), *by_source.items()]:
+        lines.append(f"| {name} | {m['n']} | " + " | ".join(_f(m[k]) for k in ("macro_f1", "micro_f1", "exact_match", "macro_sensitivity")) + " |")
+    lines += ["", "| class | random split: positives | F1 | held-out sources: positives | F1 |", "|---|---|---|---|---|"]
+    rnd, held = parts["random_split"]["per_class"], parts["held_out_sources"]["per_class"]
+    for c, v in rnd.items():
+        if v["evaluated"]:
+            lines.append(f"| {c} | {v['positives']} | {_f(v['f1'])} | {held[c]['positives']} | {_f(held[c]['f1'])} |")
+    untrained = summary.get("untrained_classes") or {}
+    if untrained:
+        lines += ["", f"Not reported (fewer than {summary.get('min_class_images')} labelled images, or none in training): "
+                  + ", ".join(f"{c} ({n})" for c, n in untrained.items()) + "."]
+    return lines
 
 
 def _f(v) -> str:

@@ -1,0 +1,170 @@
+"""Source-style augmentation, neighbour-masked loss and source-held-out splits (training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from operators.catalogue import Catalogue
+from training.augment import (AugmentConfig, RandAnnotations, RandExtent, RandJpeg, RandWindow, online_transform)
+from training.config import TrainConfig
+from training.data import Sample
+from training.members import class_balanced_pos_weight, freeze_stages, masked_bce, offline_augment
+from training.pipeline import known_classes, loss_masks, stratified_split
+
+
+def _film(size: int = 64) -> torch.Tensor:
+    """A synthetic 'film': a bright bar (bone) on a mid-grey field with fine stripes (texture)."""
+    img = torch.full((1, size, size), 0.4)
+    img[:, :, size // 3 : size // 2] = 0.9
+    img[:, ::2, :] += 0.05
+    return img.clamp(0, 1)
+
+
+def test_config_validates_and_refuses_unknown_keys():
+    with pytest.raises(ValueError, match="probability"):
+        AugmentConfig(p_jpeg=1.5)
+    with pytest.raises(ValueError, match="unknown augment keys"):
+        AugmentConfig.from_json({"p_blurr": 0.2})
+    with pytest.raises(ValueError, match="low_resolution"):
+        AugmentConfig(low_resolution=(0.0, 0.5))
+    cfg = TrainConfig(augment={"p_jpeg": 0.3, "jpeg_quality": [20, 40]})
+    assert cfg.augment.p_jpeg == 0.3 and cfg.augment.jpeg_quality == (20, 40)
+    assert cfg.to_json()["augment"]["p_jpeg"] == 0.3
+
+
+def test_study_default_is_flips_and_rotation_only():
+    """With flips and rotation off, the default chain changes nothing: every source-style
+    transform is opt-in (the shipped config turns them on)."""
+    t = online_transform(AugmentConfig(flip_prob=0.0, rotate_range_deg=0.0), seed=0)
+    img = _film()
+    assert torch.allclose(t(img), img)
+
+
+def test_chain_is_seeded_keeps_shape_and_range():
+    cfg = AugmentConfig(p_extent=1, p_low_resolution=1, p_blur=1, p_window=1, p_gamma=1, p_noise=1, p_jpeg=1, p_annotations=1)
+    a = [online_transform(cfg, seed=7)(_film()) for _ in range(2)]
+    assert torch.equal(a[0], a[1])
+    b = online_transform(cfg, seed=8)(_film())
+    assert not torch.equal(a[0], b)
+    assert a[0].shape == (1, 64, 64) and 0.0 <= a[0].min() and a[0].max() <= 1.0
+
+
+def test_extent_zooms_both_ways():
+    img = torch.rand(1, 64, 64) * 0.5 + 0.25  # no exact 0 in the picture
+    outs = []
+    for seed in range(20):
+        t = RandExtent(1.0, zoom_in=2.0, zoom_out=0.5)
+        t.set_random_state(seed)
+        outs.append(t(img))
+    # zoom-out leaves a flat border (black or a shutter grey) on at least one side
+    flat_edge = [o for o in outs if any(float(e.std()) == 0.0 for e in (o[0, 0], o[0, -1], o[0, :, 0], o[0, :, -1]))]
+    assert 0 < len(flat_edge) < len(outs)  # and the others zoomed in: no flat edge
+    assert all(o.shape == img.shape for o in outs)
+
+
+def test_low_resolution_removes_fine_detail():
+    cfg = AugmentConfig(flip_prob=0, rotate_range_deg=0, p_low_resolution=1.0, low_resolution=(0.25, 0.25))
+    img = _film()
+    out = online_transform(cfg, seed=0)(img)
+    stripes = lambda x: float((x[0, 1::2, 5] - x[0, ::2, 5]).abs().mean())  # noqa: E731
+    assert stripes(out) < 0.3 * stripes(img)
+
+
+def test_window_jpeg_and_annotations_change_the_pixels():
+    img = _film()
+    for t in (RandWindow(1.0), RandJpeg(1.0, (10, 10)), RandAnnotations(1.0)):
+        t.set_random_state(3)
+        out = t(img)
+        assert out.shape == img.shape and not torch.allclose(out, img, atol=1e-3)
+    ann = RandAnnotations(1.0)
+    ann.set_random_state(0)
+    drawn = ann(torch.full((1, 128, 128), 0.5))
+    assert ((drawn > 0.95) | (drawn < 0.05)).sum() > 10  # white or black marks burnt in
+
+
+def test_neighbours_are_symmetric_and_known():
+    cat = Catalogue.default()
+    assert set(cat.neighbours("Wrist")) == {"Forearm", "Hand"}
+    for c in cat.names:
+        for n in cat.neighbours(c):
+            assert c in cat.neighbours(n)
+    assert cat.neighbours("Others") == ()
+
+
+def test_loss_masks_leave_out_neighbours_of_one_part_sources_only():
+    cat = Catalogue.default()
+    samples = [Sample("a", ("Wrist",), "fractures"), Sample("b", ("Wrist",), "other"),
+               Sample("c", ("Hand", "Wrist"), "fractures")]
+    m = loss_masks(samples, cat, ["fractures"])
+    zero = lambda i: {cat.names[k] for k in np.flatnonzero(m[i] == 0)}  # noqa: E731
+    assert zero(0) == {"Forearm", "Hand"}
+    assert zero(1) == set()
+    assert zero(2) == {"Forearm", "Finger"}  # a neighbour the film's own labels name stays in
+
+
+def test_masked_targets_give_no_loss_and_no_gradient():
+    logits = torch.zeros(2, 3, requires_grad=True)
+    y = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
+    mask = torch.tensor([[1.0, 0, 1], [1, 1, 1]])
+    loss = masked_bce(logits, y, mask)
+    loss.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[0, 0] != 0
+    # the masked target's value does not matter
+    y2 = y.clone()
+    y2[0, 1] = 1
+    assert masked_bce(logits.detach(), y2, mask) == pytest.approx(loss.item())
+    # class balance counts only targets that count
+    w = class_balanced_pos_weight(np.array([[1, 0], [0, 0], [0, 1]], np.float32), np.array([[1, 1], [0, 1], [1, 1]], np.float32))
+    assert w.tolist() == pytest.approx([1.0, 2.0])
+
+
+def test_offline_copies_keep_their_masks():
+    y = np.zeros((12, 2), np.float32)
+    y[:10, 0] = 1
+    y[10:, 1] = 1
+    mask = np.ones_like(y)
+    mask[10:, 0] = 0
+    x = torch.randint(0, 255, (12, 1, 8, 8), dtype=torch.uint8)
+    _, ay, am = offline_augment(x, y, max_factor=10, seed=0, mask=mask)
+    assert len(am) == len(ay) and (am[ay[:, 1] == 1, 0] == 0).all()
+
+
+def test_validation_and_test_sources_are_held_out_whole():
+    y = np.tile(np.eye(3), (40, 1))
+    sources = ["a", "b", "c", "d"] * 30
+    s = stratified_split(y, (0.7, 0.15, 0.15), seed=0, sources=sources, holdout=["c"], val_holdout=["d"])
+    where = lambda src: {i for i in range(120) if sources[i] == src}  # noqa: E731
+    assert where("c") <= set(s.test) and where("d") <= set(s.val)
+    assert not (where("c") | where("d")) & set(s.train)
+    # the other sources keep a random test part: the random-split figures
+    assert set(s.test) - where("c")
+    with pytest.raises(ValueError, match="both in validation and test"):
+        TrainConfig(val_sources=["x"], test_sources=["x"])
+
+
+def test_known_classes_need_enough_images_and_training_positives():
+    y = np.zeros((30, 3), np.float32)
+    y[:20, 0] = 1
+    y[20:29, 1] = 1  # 9 images
+    y[29, 2] = 1  # 1 image
+    train = np.arange(0, 25)
+    assert known_classes(y, train, ["a", "b", "c"], 9) == ["a", "b"]
+    assert known_classes(y, train, ["a", "b", "c"], 10) == ["a"]
+    assert known_classes(y, np.arange(0, 20), ["a", "b", "c"], 1) == ["a"]  # b had no training positives
+
+
+def test_freeze_stages_stops_gradients_of_the_stem_and_early_stages():
+    from operators.networks import create_network
+
+    net = create_network("efficientnet_lite0", 4, 3)
+    n = freeze_stages(net, 3)
+    assert n > 0
+    assert not any(p.requires_grad for p in net.conv_stem.parameters())
+    assert not any(p.requires_grad for p in net.blocks[2].parameters())
+    assert all(p.requires_grad for p in net.blocks[3].parameters())
+    with pytest.raises(ValueError, match="every one"):
+        freeze_stages(create_network("efficientnet_lite0", 4, 3), 7)
+    with pytest.raises(ValueError, match="EfficientNet-style"):
+        freeze_stages(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1)
