@@ -64,8 +64,9 @@ class Ensemble:
     """
 
     def __init__(self, package: ModelPackage, device: str | torch.device | None = None, stacker: str | None = None,
-                 precision: str | None = None, compile: bool = False):
+                 precision: str | None = None, compile: bool = False, tta: bool = False):
         self.package = package
+        self.tta = tta  # average each member over the image and its two flips (3x the work)
         self.device = pick_device(str(device) if device else None)
         self.precision = precision or package.metadata.get("inference", {}).get("precision", DEFAULT_PRECISION)
         if self.precision not in PRECISIONS:
@@ -106,9 +107,10 @@ class Ensemble:
                 x = torch.cat([x, x.new_zeros((self._padded_batch - n, *x.shape[1:]))])
         x = x.contiguous(memory_format=torch.channels_last)
         outs = []
+        views = [x, x.flip(-1), x.flip(-2)] if self.tta else [x]
         with inference_autocast(self.device, self.precision):
             for net in self.networks:
-                outs.append(torch.sigmoid(net(x).float()))
+                outs.append(torch.stack([torch.sigmoid(net(v).float()) for v in views]).mean(0))
         return torch.stack(outs, dim=1)[:n].cpu().numpy().astype(np.float64)
 
     def predict(self, batch: torch.Tensor) -> list[Prediction]:

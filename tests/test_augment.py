@@ -168,3 +168,31 @@ def test_freeze_stages_stops_gradients_of_the_stem_and_early_stages():
         freeze_stages(create_network("efficientnet_lite0", 4, 3), 7)
     with pytest.raises(ValueError, match="EfficientNet-style"):
         freeze_stages(torch.nn.Sequential(torch.nn.Linear(2, 2)), 1)
+
+
+def test_a_run_with_held_out_sources_reports_them_apart(train_dir, corpus, tmp_path):
+    """A tiny real run with a validation source, a test source and test-only data (the corpus):
+    nothing of them is trained on, and the report and card give held-out and random-split figures."""
+    import csv
+    import json
+
+    from tests.conftest import write_subset_csv
+    from training.pipeline import run_training
+
+    data = write_subset_csv(train_dir, tmp_path / "data", per_class=3)
+    config = TrainConfig(members=[{"arch": "efficientnet_lite0", "pretrained": "imagenet"}], image_size=48, epochs=1,
+                         batch_size=16, max_steps_per_epoch=1, offline_augment=False, stackers=("logistic",),
+                         augment={"p_extent": 0.5, "p_jpeg": 0.5, "p_annotations": 0.5},
+                         partial_label_sources=["dennis-1240-cdm/diagnosis_of_bones_fractures"],
+                         val_sources=["icgncl/Dissima"], test_sources=["dlab-berkeley/R-Deep-Learning"], min_class_images=3)
+    run_training(config, [data], tmp_path / "run", test_data=[corpus])
+    rows = list(csv.DictReader(open(tmp_path / "run/split.csv")))
+    part = {r["source"]: {x["split"] for x in rows if x["source"] == r["source"]} for r in rows}
+    assert part["icgncl/Dissima"] == {"val"} and part["dlab-berkeley/R-Deep-Learning"] == {"test"} and part["test:dicom"] == {"test"}
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    held = metrics["decision_by_part"]["held_out_sources"]
+    assert held["n"] == 35 + sum(r["source"] == "dlab-berkeley/R-Deep-Learning" for r in rows)
+    assert "test:dicom" in metrics["decision_by_source"] and metrics["untrained_classes"]["Thigh"] == 0
+    card = (tmp_path / "run/package/docs/model_card.md").read_text()
+    assert "held-out sources" in card and "test:dicom" in card and "diagnosis_of_bones_fractures" in card
+    assert "test:dicom" not in {d["source"] for d in json.loads((tmp_path / "run/package/configs/metadata.json").read_text())["training_data"]}

@@ -152,3 +152,12 @@ def test_a_failing_batch_marks_only_its_images_failed(tiny_package, corpus, monk
     assert all(o.status is Status.CLASSIFIED for o in good)
     assert all(o.status is Status.FAILED and "out of memory" in o.reason for o in bad if o.sop_instance_uid)
     assert len(bad) == len(batches[1].items)
+
+
+def test_test_time_augmentation_averages_each_member_over_the_flips():
+    package = load_package(__import__("app.app", fromlist=["DEFAULT_MODEL"]).DEFAULT_MODEL)
+    plain, tta = Ensemble(package, device="cpu"), Ensemble(package, device="cpu", tta=True)
+    x = torch.randn(2, package.preprocessing.channels, 64, 64)
+    views = [plain.member_probabilities(v) for v in (x, x.flip(-1), x.flip(-2))]
+    assert np.allclose(tta.member_probabilities(x), np.mean(views, axis=0), atol=1e-6)
+    assert not np.allclose(views[0], views[1], atol=1e-4)  # the flips are different inputs to the network

@@ -52,9 +52,11 @@ def test_tiny_run_writes_report_figures_metrics_and_a_package_the_app_loads(tiny
     pkg = load_package(tiny_run / "package")
     assert "Knee" in pkg.trained_classes and "Thigh" not in pkg.trained_classes
     card = (tiny_run / "package/docs/model_card.md").read_text()
-    assert "Not known (never reported)" in card and "Thigh" in card and "CC BY 4.0" in card
+    assert "Not known (never reported;" in card and "Thigh (0)" in card and "CC BY 4.0" in card
+    assert "| random_split |" in card and "| held_out_sources | 0 |" in card  # no source held out in this run
     report = (tiny_run / "report.md").read_text()
     assert "| stack:logistic |" in report and "figures/reliability.png" in report
+    assert "## Across sources" in report and metrics["decision_by_part"]["random_split"]["n"] == metrics["split_sizes"]["test"]
 
 
 def test_split_keeps_copies_of_one_picture_together(tiny_run):
