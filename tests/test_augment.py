@@ -36,7 +36,7 @@ def test_config_validates_and_refuses_unknown_keys():
 
 def test_study_default_is_flips_and_rotation_only():
     """With flips and rotation off, the default chain changes nothing: every source-style
-    transform is opt-in (the shipped config turns them on)."""
+    transform is opt-in (across-sources.yaml turns them on)."""
     t = online_transform(AugmentConfig(flip_prob=0.0, rotate_range_deg=0.0), seed=0)
     img = _film()
     assert torch.allclose(t(img), img)
@@ -194,5 +194,41 @@ def test_a_run_with_held_out_sources_reports_them_apart(train_dir, corpus, tmp_p
     assert held["n"] == 35 + sum(r["source"] == "dlab-berkeley/R-Deep-Learning" for r in rows)
     assert "test:dicom" in metrics["decision_by_source"] and metrics["untrained_classes"]["Thigh"] == 0
     card = (tmp_path / "run/package/docs/model_card.md").read_text()
-    assert "held-out sources" in card and "test:dicom" in card and "diagnosis_of_bones_fractures" in card
+    assert "held-out sources" in card and "test:dicom" in card
+    assert "shows its neighbours: dennis-1240-cdm/diagnosis_of_bones_fractures;" in card
     assert "test:dicom" not in {d["source"] for d in json.loads((tmp_path / "run/package/configs/metadata.json").read_text())["training_data"]}
+
+
+def test_a_copy_of_a_held_out_film_is_held_out_with_it():
+    y = np.tile(np.eye(2), (30, 1))
+    sources = ["a"] * 58 + ["held", "held"]
+    groups = np.arange(60)
+    groups[58] = 0  # a held-out film is a copy of the first training-source film
+    s = stratified_split(y, (0.7, 0.15, 0.15), seed=0, sources=sources, holdout=["held"], groups=groups)
+    assert {0, 58, 59} <= set(s.test)
+
+
+def test_sources_named_wrong_or_twice_are_refused_before_any_image_is_read(train_dir, tmp_path):
+    from tests.conftest import write_subset_csv
+    from training.data import DataError
+    from training.pipeline import run_training
+
+    data = write_subset_csv(train_dir, tmp_path / "data", per_class=1)
+    with pytest.raises(DataError, match="dennis-1240-cdm/typo"):
+        run_training(TrainConfig(partial_label_sources=["dennis-1240-cdm/typo"]), [data], tmp_path / "a")
+    with pytest.raises(DataError, match="both validation and test"):
+        run_training(TrainConfig(val_sources=["Znarfran/CADMA"]), [data], tmp_path / "b", holdout_sources=["Znarfran/CADMA"])
+
+
+def test_data_loader_workers_draw_their_own_augmentations():
+    from operators.preprocessing import Preprocessing
+    from training.members import TensorImages
+
+    cfg = TrainConfig(augment={"p_noise": 1.0, "flip_prob": 0.0, "rotate_range_deg": 0.0})
+    ds = TensorImages(torch.full((1, 1, 16, 16), 128, dtype=torch.uint8), np.zeros((1, 2), np.float32),
+                      Preprocessing(size=16), augment=True, config=cfg, seed=0)
+    first = ds[0][0]
+    ds.reseed(0)
+    assert torch.equal(ds[0][0], first)
+    ds.reseed(1)
+    assert not torch.equal(ds[0][0], first)

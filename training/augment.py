@@ -28,8 +28,8 @@ from monai.transforms import RandomizableTransform
 class AugmentConfig:
     """Probabilities (``p_*``) and ranges of the online augmentation.
 
-    The defaults are the study's (flips and rotations only); ``training/configs/default.yaml`` turns
-    on the source-style transforms.
+    The defaults are the study's (flips and rotations only); ``training/configs/across-sources.yaml``
+    turns on the source-style transforms.
     """
 
     flip_prob: float = 0.5

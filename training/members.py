@@ -36,7 +36,13 @@ class TensorImages(Dataset):
                  seed: int = 0, mask: np.ndarray | None = None):
         self.images, self.y, self.pre, self.augment = images, torch.as_tensor(y), preprocessing, augment
         self.mask = torch.ones_like(self.y) if mask is None else torch.as_tensor(mask, dtype=self.y.dtype)
+        self.config = config
         self.transform = online_transform(config.augment, seed) if augment else None
+
+    def reseed(self, seed: int) -> None:
+        """A new random stream for the augmentation (each data-loader worker gets its own)."""
+        if self.transform is not None:
+            self.transform = online_transform(self.config.augment, seed)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -155,7 +161,7 @@ def train_member(
     g = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(ds, batch_size=config.batch_size, shuffle=True, generator=g, num_workers=config.num_workers,
                         drop_last=len(ds) > config.batch_size, pin_memory=device.type == "cuda",
-                        persistent_workers=config.num_workers > 0)
+                        persistent_workers=config.num_workers > 0, worker_init_fn=_reseed_worker)
     steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
     pos_weight = class_balanced_pos_weight(train[1], train[2]).to(device) if config.class_balanced_loss else None
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr_min, weight_decay=config.weight_decay)
@@ -217,6 +223,13 @@ def train_member(
         net.load_state_dict(state["best_state"])
     return net.eval(), {"best_epoch": state["best_epoch"], "best_val_sensitivity": state["best_score"],
                         "stopped_by_time_budget": stopped_by_time_budget, "history": state["history"]}
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """Data-loader workers start as copies of one dataset: without this they would all draw the
+    same augmentations."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.reseed(info.seed % 2**31)
 
 
 def freeze_stages(net: nn.Module, stages: int) -> int:

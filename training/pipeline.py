@@ -54,7 +54,14 @@ def stratified_split(y: np.ndarray, fractions: Sequence[float], seed: int, sourc
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     reps, inverse = np.unique(groups, return_inverse=True)
     first = np.array([np.flatnonzero(inverse == g)[0] for g in range(len(reps))])
-    rep_sources = None if sources is None else [sources[i] for i in first]
+    rep_sources = None
+    if sources is not None:
+        # a group of copies is held out when any copy is: a held-out film never trains through its twin
+        def group_source(g: int) -> str:
+            members = [sources[i] for i in np.flatnonzero(inverse == g)]
+            return next((s for s in members if s in set(holdout)), next((s for s in members if s in set(val_holdout)), members[0]))
+
+        rep_sources = [group_source(g) for g in range(len(reps))]
     part = _split_indices(y[first], fractions, seed, rep_sources, holdout, val_holdout)
     expand = lambda idx: sorted(np.flatnonzero(np.isin(inverse, idx)).tolist())  # noqa: E731
     return Split(expand(part.train), expand(part.val), expand(part.test))
@@ -151,11 +158,15 @@ def run_training(
              len(samples) - n_labelled)
     test_sources = tuple(dict.fromkeys([*config.test_sources, *holdout_sources, *external]))
     held_out = [*config.val_sources, *test_sources]
-    missing = sorted((set(config.val_sources) | set(config.test_sources) | set(holdout_sources)) - {s.source for s in samples})
-    if missing:
-        from .data import DataError
+    from .data import DataError
 
-        raise DataError(f"held-out source(s) {missing} not in the data; sources: {sorted({s.source for s in samples})}")
+    named = set(config.val_sources) | set(config.test_sources) | set(holdout_sources) | set(config.partial_label_sources)
+    missing = sorted(named - {s.source for s in samples})
+    if missing:  # a misspelt name would silently hold out or mask nothing
+        raise DataError(f"source(s) {missing} named in the config or command are not in the data; "
+                        f"sources: {sorted({s.source for s in samples})}")
+    if set(config.val_sources) & set(test_sources):
+        raise DataError(f"source(s) {sorted(set(config.val_sources) & set(test_sources))} held out for both validation and test")
     pre = Preprocessing(size=config.image_size, mean=config.mean, std=config.std)
     y = targets(samples, catalogue)
     images = cache_images(samples, pre)
@@ -168,8 +179,6 @@ def run_training(
     (output / "config.json").write_text(json.dumps(config.to_json(), indent=2))
     tr, va, te = (np.asarray(v, int) for v in (split.train, split.val, split.test))
     if len(tr) == 0 or len(va) == 0:
-        from .data import DataError
-
         raise DataError(f"{len(samples)} images ({len(set(groups))} distinct) are too few for a train/validation split")
     masks = loss_masks(samples, catalogue, config.partial_label_sources)
     train_x, train_y, train_m = images[tr], y[tr], masks[tr]
