@@ -83,7 +83,24 @@ class AugmentConfig:
         return asdict(self)
 
 
-class RandExtent(RandomizableTransform):
+class _RandImage(RandomizableTransform):
+    """A transform applied with probability ``prob`` to a ``(1, S, S)`` [0, 1] image; subclasses
+    write ``apply`` only."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        self.randomize(None)
+        return self.apply(torch.as_tensor(img)) if self._do_transform else img
+
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _grey8(img: torch.Tensor) -> np.ndarray:
+    """(1, S, S) [0, 1] -> (S, S) uint8, as PIL takes it."""
+    return (img[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+class RandExtent(_RandImage):
     """Zoom in on a random window or out onto a border, keeping the size: neither a tight crop nor a
     whole film may tell the class."""
 
@@ -91,11 +108,7 @@ class RandExtent(RandomizableTransform):
         super().__init__(prob)
         self.zoom_in, self.zoom_out = zoom_in, zoom_out
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        self.randomize(None)
-        if not self._do_transform:
-            return img
-        img = torch.as_tensor(img)
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
         s = img.shape[-1]
         if self.R.rand() < 0.5 and self.zoom_in > 1.0:
             side = max(8, int(round(s / self.R.uniform(1.0, self.zoom_in))))
@@ -112,56 +125,43 @@ class RandExtent(RandomizableTransform):
         return out
 
 
-class RandWindow(RandomizableTransform):
+class RandWindow(_RandImage):
     """Another window: stretch (clip a little at both ends) or compress the grey range."""
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        self.randomize(None)
-        if not self._do_transform:
-            return img
-        img = torch.as_tensor(img)
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
         lo, hi = self.R.uniform(0.0, 0.15), self.R.uniform(0.85, 1.0)
         if self.R.rand() < 0.5:
             return ((img - lo) / (hi - lo)).clamp(0, 1)
         return lo + img * (hi - lo)
 
 
-class RandJpeg(RandomizableTransform):
+class RandJpeg(_RandImage):
     """Lossy JPEG round trip at a random quality (8-bit, as exported figures are)."""
 
     def __init__(self, prob: float, quality: tuple[int, int]):
         super().__init__(prob)
         self.quality = quality
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
         from PIL import Image
 
-        self.randomize(None)
-        if not self._do_transform:
-            return img
-        img = torch.as_tensor(img)
-        grey = (img[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         buf = io.BytesIO()
-        Image.fromarray(grey).save(buf, format="JPEG", quality=int(self.R.randint(self.quality[0], self.quality[1] + 1)))
+        Image.fromarray(_grey8(img)).save(buf, format="JPEG", quality=int(self.R.randint(self.quality[0], self.quality[1] + 1)))
         back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"), np.float32) / 255.0
         return torch.from_numpy(back)[None]
 
 
-class RandAnnotations(RandomizableTransform):
+class RandAnnotations(_RandImage):
     """Burnt-in letters (side markers, figure labels), arrows and boxes, white or black, as teaching
     files and some devices put on the pixels."""
 
     _TEXT = ("L", "R", "A", "B", "PA", "AP", "LAT", "1", "2", "a", "b", "c", "SUPINE", "ERECT", "*")
 
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+    def apply(self, img: torch.Tensor) -> torch.Tensor:
         from PIL import Image, ImageDraw, ImageFont
 
-        self.randomize(None)
-        if not self._do_transform:
-            return img
-        img = torch.as_tensor(img)
         s = img.shape[-1]
-        pil = Image.fromarray((img[0].clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+        pil = Image.fromarray(_grey8(img))
         draw = ImageDraw.Draw(pil)
         for _ in range(self.R.randint(1, 4)):
             colour = 255 if self.R.rand() < 0.8 else 0
