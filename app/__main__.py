@@ -17,14 +17,14 @@ def _raise_stack_limit() -> None:
 
 def main() -> int:
     _raise_stack_limit()
-    from operators.processes import start_early
+    from operators.input.processes import start_early
 
     start_early()  # the reader processes' imports run while MONAI's do here
-    from operators.report import setup_logging
+    from operators.outputs.report import setup_logging
 
     setup_logging()
-    from operators.model_package import ModelPackageError
-    from operators.output_files import OutputError
+    from operators.model.model_package import ModelPackageError
+    from operators.outputs.output_files import OutputError
 
     from .app import BodyPartApp, InputPathError
     from .settings import SettingsError

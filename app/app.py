@@ -22,8 +22,8 @@ from monai.deploy.core import Application
 from holoscan.conditions import BooleanCondition
 from holoscan.schedulers import EventBasedScheduler
 
-from operators.catalogue import Catalogue
-from operators.ensemble import Ensemble
+from operators.input.batching import iter_batches
+from operators.model.ensemble import Ensemble
 from operators.holoscan_operators import (
     MORE_INPUT,
     BodyPartClassifierOperator,
@@ -31,12 +31,9 @@ from operators.holoscan_operators import (
     RadiographLoaderOperator,
     ResultsWriterOperator,
 )
-from operators.model_package import ModelPackageError, load_package
-from operators.dicom_outputs import DicomOutputs
-from operators.output_files import OutputFolderLock
-from operators.results import ModelInfo
-from operators.run_status import RunStatus
-from operators.sr import Algorithm
+from operators.model.model_package import ModelPackageError, load_package
+from operators.outputs.output_files import OutputFolderLock
+from operators.pipeline import BatchFeed, Pipeline
 
 from .settings import SECTION, Settings, SettingsError, config_path
 
@@ -74,23 +71,20 @@ class BodyPartApp(Application):
             raise InputPathError(f"input {input_path} does not exist")
         # One run per output folder; also proves the folder writable before any work.
         self.output_lock = OutputFolderLock(output_path).acquire()
-        self.run_status = run = RunStatus()
         package = load_package(resolve_model_path(context.model_path))
         ensemble = Ensemble(package, device=settings.device, stacker=settings.stacker, compile=settings.compile)
         log.info("model %s %s on %s; input %s; output %s", package.name, package.version, ensemble.device, input_path, output_path)
+        pipeline = Pipeline(ensemble, output_path, input_path, dicom_outputs=settings.dicom_outputs,
+                            keep_uids=settings.keep_uids, workers=settings.workers, app_name=self.name,
+                            app_version=self.version)
+        self.run_status = pipeline.status
+        feed = BatchFeed(iter_batches(input_path, package.preprocessing, settings.batch_size, settings.workers, settings.decode),
+                         pipeline.status)
 
-        loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), input_path=input_path, run=run,
-                                          preprocessing=package.preprocessing, batch_size=settings.batch_size,
-                                          workers=settings.workers, decode=settings.decode, name="radiograph_loader")
-        catalogue = Catalogue.default()
-        classifier = BodyPartClassifierOperator(self, ensemble=ensemble, catalogue=catalogue, name="bodypart_classifier")
-        algorithm = Algorithm(package.name, package.version, package.checksum, ensemble.stacker_kind, self.version)
-        dicom = DicomOutputsOperator(self, name="dicom_outputs", run=run, outputs=DicomOutputs(
-            output_path, algorithm, catalogue, keep_uids=settings.keep_uids,
-            corrected=settings.dicom_outputs, reports=settings.dicom_outputs, workers=max(1, settings.workers)))
-        results = ResultsWriterOperator(self, output_path=output_path, name="results_writer", run=run,
-                                        run_info={"app": {"name": self.name, "version": self.version}, "input": str(input_path),
-                                                  "model": ModelInfo.of(ensemble).to_json()})
+        loader = RadiographLoaderOperator(self, BooleanCondition(self, name=MORE_INPUT), feed=feed, name="radiograph_loader")
+        classifier = BodyPartClassifierOperator(self, pipeline=pipeline, name="bodypart_classifier")
+        dicom = DicomOutputsOperator(self, pipeline=pipeline, name="dicom_outputs")
+        results = ResultsWriterOperator(self, pipeline=pipeline, name="results_writer")
 
         self.add_flow(loader, classifier, {("batch", "batch")})
         self.add_flow(classifier, dicom, {("results", "results")})

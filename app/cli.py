@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
 
-    from operators.report import outcome_table, setup_logging
+    from operators.outputs.report import outcome_table, setup_logging
 
     setup_logging(args.verbose)
     log = logging.getLogger("bodypart")

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from operators.outcome import InputOutcome
-from operators.radiograph import DEFAULT_MAX_SIDE, Radiograph, iter_radiographs
-from operators.report import Progress, contact_sheet, thumbnail
+from operators.input.grey import DEFAULT_MAX_SIDE
+from operators.input.radiograph import Radiograph, iter_radiographs
+from operators.outputs.report import Progress, contact_sheet, thumbnail
 
 
 def inspect_inputs(

@@ -24,7 +24,7 @@ sys.exit(main())
 def build_context(dest: Path, models: Path | None = None) -> Path:
     """Create ``dest`` with ``app/`` (launcher + packages), ``app.yaml`` and ``models/``; return ``dest``."""
     from app.app import DEFAULT_MODEL
-    from operators.model_package import load_package
+    from operators.model.model_package import load_package
 
     dest = Path(dest)
     models = Path(models) if models else DEFAULT_MODEL

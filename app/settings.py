@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from operators.batching import DecodeOptions, default_workers
-from operators.ensemble import pick_device
-from operators.gpu_decoding import MODES as GPU_DECODE_MODES, unavailable_reason
+from operators.input.batching import DecodeOptions, default_workers
+from operators.model.ensemble import pick_device
+from operators.input.gpu_decoding import MODES as GPU_DECODE_MODES, unavailable_reason
 
 #: The config file section holding these settings.
 SECTION = "bodypart"

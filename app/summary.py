@@ -27,8 +27,8 @@ def results_table(doc: dict[str, Any]) -> str:
 
 def results_sheet(doc: dict[str, Any], input_root: Path, path: Path) -> Path | None:
     """A contact sheet of the classified images titled with their labels."""
-    from operators.radiograph import read_file
-    from operators.report import contact_sheet, thumbnail
+    from operators.input.radiograph import read_file
+    from operators.outputs.report import contact_sheet, thumbnail
 
     images, titles = [], []
     for i in doc["instances"]:

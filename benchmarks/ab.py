@@ -23,9 +23,9 @@ from pathlib import Path
 root = Path(sys.argv[1]).resolve()
 sys.path[:0] = [str(root), str(root / "benchmarks")]
 import run as b
-from operators.batching import DecodeOptions
-from operators.ensemble import Ensemble
-from operators.model_package import load_package
+from operators.input.batching import DecodeOptions
+from operators.model.ensemble import Ensemble
+from operators.model.model_package import load_package
 
 if __name__ == "__main__":
     ens = Ensemble(load_package(root / "app/models/default"), device="cpu")

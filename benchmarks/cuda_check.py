@@ -16,9 +16,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators.batching import iter_batches  # noqa: E402
-from operators.ensemble import Ensemble  # noqa: E402
-from operators.model_package import load_package  # noqa: E402
+from operators.input.batching import iter_batches  # noqa: E402
+from operators.model.ensemble import Ensemble  # noqa: E402
+from operators.model.model_package import load_package  # noqa: E402
 
 
 def predictions(package, corpus: Path, device: str):

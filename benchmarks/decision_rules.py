@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from operators.catalogue import Catalogue  # noqa: E402
-from operators.ensemble import Ensemble  # noqa: E402
-from operators.model_package import load_package  # noqa: E402
+from operators.model.ensemble import Ensemble  # noqa: E402
+from operators.model.model_package import load_package  # noqa: E402
 from training.data import load_grey  # noqa: E402
 from training.metrics import multilabel_metrics, tune_thresholds  # noqa: E402
 

@@ -6,7 +6,7 @@ Times every pydicom plugin that decodes each corpus file, the app's own fast pat
 for JPEG lossless) and the reduced-resolution decoders against full decoding, one file at a time,
 interleaved round by round so that machine drift hits every candidate alike. Reports medians
 and quartiles and says, per transfer syntax, whether the order the app uses
-(``operators.decoding.PREFERRED_PLUGINS``) is clear-cut here: the preferred decoder's slowest
+(``operators.input.decoding.PREFERRED_PLUGINS``) is clear-cut here: the preferred decoder's slowest
 quartile faster than every alternative's fastest. Correctness (same values) is the tests' job
 (``tests/test_radiograph.py``); speed lives here, not in the tests.
 """
@@ -28,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.run import machine  # noqa: E402
-from operators.decoding import PREFERRED_PLUGINS, _lossless_jpeg, decode_reduced, transfer_syntax  # noqa: E402
-from operators.radiograph import DEFAULT_MAX_SIDE, read_dataset  # noqa: E402
+from operators.input.decoding import PREFERRED_PLUGINS, _lossless_jpeg, decode_reduced, transfer_syntax  # noqa: E402
+from operators.input.dicom_header import read_dataset  # noqa: E402
+from operators.input.grey import DEFAULT_MAX_SIDE  # noqa: E402
 
 
 def candidates(ds: pydicom.Dataset) -> dict[str, callable]:

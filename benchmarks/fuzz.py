@@ -5,7 +5,7 @@
 Writes ``--round`` mutated files at a time (``benchmarks/mutations.py``: bit flips, truncation at
 element boundaries, wrong lengths and VRs, broken fragments and offset tables, pixel and frame
 bombs, deep sequence nesting, spliced streams) into a temporary folder, reads them through the
-app's reader pool (``operators.batching.iter_prepared``, 2 readers, the app's per-file time
+app's reader pool (``operators.input.batching.iter_prepared``, 2 readers, the app's per-file time
 limit) and, every ``--app-every`` rounds, runs ``python -m app`` on the same folder. Checks
 that every file ends with exactly one outcome and a one-line reason, that the run completes,
 and samples the memory of every process. Prints the outcome table per mutation kind and writes
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.mutations import MUTATIONS, write_mutants  # noqa: E402
 from benchmarks.run import machine  # noqa: E402
-from operators.batching import DecodeOptions, iter_prepared  # noqa: E402
-from operators.model_package import load_package  # noqa: E402
+from operators.input.batching import DecodeOptions, iter_prepared  # noqa: E402
+from operators.model.model_package import load_package  # noqa: E402
 from operators.outcome import InputOutcome  # noqa: E402
 
 
@@ -142,7 +142,7 @@ def main() -> int:
     events = ReaderEvents()
     logging.getLogger("bodypart").addHandler(events)
     logging.getLogger("bodypart").setLevel(logging.INFO)
-    from operators.report import quiet_pydicom
+    from operators.outputs.report import quiet_pydicom
 
     quiet_pydicom()
     corpus = sorted(args.corpus.glob("*.dcm"))

@@ -27,30 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from operators.catalogue import Catalogue  # noqa: E402
-from operators.ensemble import Ensemble  # noqa: E402
-from operators.model_package import load_package  # noqa: E402
+from operators.model.ensemble import Ensemble  # noqa: E402
+from operators.model.model_package import load_package  # noqa: E402
+from operators.testing.probes import centre_crop, degrade  # noqa: E402
 from training.data import load_grey, load_samples, targets  # noqa: E402
 from training.metrics import multilabel_metrics  # noqa: E402
-
-
-def degrade(image: np.ndarray, long_side: int = 100) -> np.ndarray:
-    t = torch.as_tensor(image, dtype=torch.float32)[None, None]
-    h, w = image.shape
-    s = long_side / max(h, w)
-    small = F.interpolate(t, size=(max(1, round(h * s)), max(1, round(w * s))), mode="area")
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
-
-
-def centre_crop(image: np.ndarray, keep: float = 0.6) -> np.ndarray:
-    h, w = image.shape
-    dh, dw = int(h * (1 - keep) / 2), int(w * (1 - keep) / 2)
-    return image[dh : h - dh, dw : w - dw]
 
 
 def main() -> int:

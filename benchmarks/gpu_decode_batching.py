@@ -21,9 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators.decoding import code_streams  # noqa: E402
-from operators.gpu_decoding import GPU_TRANSFER_SYNTAXES, gpu_suitable, unavailable_reason  # noqa: E402
-from operators.radiograph import iter_input_files, read_dataset  # noqa: E402
+from operators.input.decoding import code_streams  # noqa: E402
+from operators.input.gpu_decoding import GPU_TRANSFER_SYNTAXES, gpu_suitable, unavailable_reason  # noqa: E402
+from operators.input.dicom_header import read_dataset  # noqa: E402
+from operators.input.discovery import iter_input_files  # noqa: E402
 
 
 def gpu_ready_streams(corpus: Path) -> list[tuple[str, bytes, float]]:

@@ -28,15 +28,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators.batching import DecodeOptions, default_workers, iter_batches, iter_prepared  # noqa: E402
+from operators.input.batching import DecodeOptions, default_workers, iter_batches, iter_prepared  # noqa: E402
 from operators.catalogue import Catalogue  # noqa: E402
-from operators.classify import classify_batch  # noqa: E402
-from operators.ensemble import Ensemble, inference_autocast  # noqa: E402
-from operators.gpu_decoding import GpuDecoder  # noqa: E402
-from operators.model_package import load_package  # noqa: E402
-from operators.networks import create_network  # noqa: E402
-from operators.radiograph import iter_input_files, read_file  # noqa: E402
-from operators.results import ModelInfo, ResultsWriter, classified_outcome  # noqa: E402
+from operators.model.classify import classified_outcome  # noqa: E402
+from operators.model.ensemble import Ensemble, inference_autocast  # noqa: E402
+from operators.input.gpu_decoding import GpuDecoder  # noqa: E402
+from operators.model.model_package import load_package  # noqa: E402
+from operators.model.networks import create_network  # noqa: E402
+from operators.input.discovery import iter_input_files  # noqa: E402
+from operators.input.radiograph import read_file  # noqa: E402
+from operators.pipeline import BatchFeed, Pipeline  # noqa: E402
 
 
 def machine() -> dict:
@@ -114,8 +115,8 @@ def _rate(fn, batch: int, device: torch.device, seconds: float, rounds: int = 3)
 def make_jpeg_twins(corpus: Path, dest: Path) -> Path:
     """8-bit JPEG baseline twins of the corpus' large grey images (the corpus holds no such file;
     many archives store radiographs so): inputs for measuring DCT-scaled decoding."""
-    from operators.radiograph import read_dataset
-    from tests.dicom_factory import as_jpeg_baseline
+    from operators.input.dicom_header import read_dataset
+    from operators.testing.dicom_factory import as_jpeg_baseline
 
     dest.mkdir(parents=True)
     for path in iter_input_files(corpus):
@@ -139,41 +140,30 @@ def link_inputs(corpus: Path, repeat: int, dest: Path) -> int:
 
 def bench_pipeline(ensemble: Ensemble, inputs: Path, out: Path, batch: int, workers: int, dicom_outputs: bool,
                    decode: DecodeOptions = DecodeOptions()) -> dict:
-    """The app's data flow in process: readers -> ensemble -> DICOM outputs -> results."""
-    cat = Catalogue.default()
-    model = ModelInfo.of(ensemble)
-    writer = ResultsWriter(out, {"input": str(inputs)})
-    p = ensemble.package
-    outputs = None
-    if dicom_outputs:  # needs highdicom: imported only when asked for
-        from operators.dicom_outputs import DicomOutputs
-        from operators.sr import Algorithm
-
-        outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat,
-                               workers=max(1, workers))
+    """The app's data flow in process (the app's own :class:`Pipeline`, stage by stage, timed):
+    readers -> ensemble -> DICOM outputs -> results."""
+    pipeline = Pipeline(ensemble, out, inputs, dicom_outputs=dicom_outputs, workers=workers, app_version="bench")
     stage = defaultdict(float)
     n = 0
     t0 = time.perf_counter()
     t_wait = time.perf_counter()
-    for batch_ in iter_batches(inputs, p.preprocessing, batch, workers, decode):
+    for batch_ in BatchFeed(iter_batches(inputs, ensemble.package.preprocessing, batch, workers, decode), pipeline.status):
         stage["waiting for readers"] += time.perf_counter() - t_wait
         t = time.perf_counter()
-        results = classify_batch(ensemble, batch_, model, cat)
+        results = pipeline.classify(batch_)
         sync(ensemble.device)
         stage["ensemble + stacker"] += time.perf_counter() - t
         t = time.perf_counter()
-        if outputs:
-            results = outputs.add(batch_.items, results)
-        writer.add(results)
+        pipeline.record(batch_, pipeline.write_dicom(batch_, results))
         stage["writers"] += time.perf_counter() - t
         n += len(batch_.radiographs)
         t_wait = time.perf_counter()
     t = time.perf_counter()
-    if outputs:
-        outputs.close()
-    writer.close()
+    pipeline.close()
     stage["writers"] += time.perf_counter() - t
     total = time.perf_counter() - t0
+    if pipeline.status.incomplete_reason:
+        raise RuntimeError(f"benchmark run incomplete: {pipeline.status.incomplete_reason}")
     return {"images": n, "seconds": total, "images_per_s": n / total, "stage_seconds": dict(stage)}
 
 
@@ -201,7 +191,7 @@ def bench_stages(ensemble: Ensemble, corpus: Path, out: Path, dicom_outputs: boo
     """The stages after reading, one process, on the corpus' images: preprocessing (square +
     normalise), members (one batch of all), stacker, and each writer, in ms per image (SRs per study)."""
     pre, cat = ensemble.package.preprocessing, Catalogue.default()
-    model = ModelInfo.of(ensemble)
+    model = ensemble.info
     reads = [r for p in iter_input_files(corpus) for r in read_file(p, corpus, max_side=pre.max_side).radiographs]
     n = len(reads)
     t = time.perf_counter()
@@ -215,23 +205,18 @@ def bench_stages(ensemble: Ensemble, corpus: Path, out: Path, dicom_outputs: boo
     ensemble.stacker.predict(members)
     ms["stacker"] = (time.perf_counter() - t) * 1000 / n
     outcomes = [classified_outcome(r, p, model, cat) for r, p in zip(reads, predictions)]
-    writer = ResultsWriter(out, {"input": str(corpus)})
+    pipeline = Pipeline(ensemble, out, corpus, dicom_outputs=dicom_outputs, app_version="bench")
     t = time.perf_counter()
-    writer.add(outcomes)
-    writer.close()
+    pipeline.results.add(outcomes)
+    pipeline.close_results()
     ms["results.json"] = (time.perf_counter() - t) * 1000 / n
     if dicom_outputs:
-        from operators.dicom_outputs import DicomOutputs
-        from operators.sr import Algorithm
-
-        p = ensemble.package
-        outputs = DicomOutputs(out, Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, "bench"), cat)
         t = time.perf_counter()
-        outputs.add(reads, outcomes)
+        pipeline.dicom.add(reads, outcomes)
         ms["corrected copies"] = (time.perf_counter() - t) * 1000 / n
-        studies = len(outputs.studies)
+        studies = len(pipeline.dicom.studies)
         t = time.perf_counter()
-        outputs.close()
+        pipeline.dicom.close()
         ms["SR pair, per study"] = (time.perf_counter() - t) * 1000 / max(studies, 1)
     return {"images": n, "ms_per_image": ms}
 

@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from operators.networks import create_network  # noqa: E402
+from operators.model.networks import create_network  # noqa: E402
 from training.members import freeze_stages  # noqa: E402
 
 VARIANTS = {"plain": (0, False), "channels-last": (0, True), "freeze 3": (3, False), "freeze 3 + channels-last": (3, True)}

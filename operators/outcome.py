@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # typed links only: this module stays free of the model and writer imports
+    from .model.classification import Classification
+    from .outputs.dicom_outputs import OutputRecord
 
 
 class Status(str, Enum):
@@ -22,6 +26,10 @@ class InputOutcome:
 
     ``source`` is the path relative to the input root (POSIX separators) so that results can be
     shared without revealing where the archive lives; ``frame`` is set for multi-frame files.
+    ``details`` holds what the reader found (:class:`~operators.input.radiograph.RadiographInfo`);
+    a classified input carries its :class:`~operators.model.classification.Classification`, and
+    the DICOM writers add their :class:`~operators.outputs.dicom_outputs.OutputRecord` (with
+    :func:`dataclasses.replace`: outcomes are not changed in place).
     """
 
     source: str
@@ -32,12 +40,20 @@ class InputOutcome:
     series_instance_uid: str | None = None
     sop_instance_uid: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    classification: Classification | None = None
+    outputs: OutputRecord | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = self.status.value
-        details = data.pop("details")
-        data.update(details)
+        """The flat JSON record of ``results.json`` (``app/results.schema.json``)."""
+        data = {
+            "source": self.source, "status": self.status.value, "reason": self.reason, "frame": self.frame,
+            "study_instance_uid": self.study_instance_uid, "series_instance_uid": self.series_instance_uid,
+            "sop_instance_uid": self.sop_instance_uid, **self.details,
+        }
+        if self.classification is not None:
+            data.update(self.classification.to_json())
+        if self.outputs is not None:
+            data.update(self.outputs.to_json())
         return data
 
     def one_line(self) -> str:

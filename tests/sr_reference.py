@@ -1,5 +1,5 @@
 """The TID 1500 content built with highdicom's template classes: the reference that the app's
-direct encoding (``operators/sr_content.py``) is compared with, item for item."""
+direct encoding (``operators/outputs/sr_content.py``) is compared with, item for item."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from operators.catalogue import SCT, Catalogue
-from operators.sr import MANUFACTURER, RADIOGRAPHY, Algorithm, ReportedImage
+from operators.outputs.sr import MANUFACTURER, RADIOGRAPHY, Algorithm, ReportedImage
 
 
 def _site(catalogue: Catalogue, name: str) -> hd.sr.FindingSite | None:

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -111,7 +110,7 @@ def test_missing_model_path_is_a_clear_error(corpus, tmp_path):
 def test_partial_results_survive_an_interrupted_run(tmp_path):
     """Results are appended and flushed per batch: a killed run leaves every finished one readable."""
     from operators.outcome import InputOutcome, Status
-    from operators.results import ResultsWriter
+    from operators.outputs.results import ResultsWriter
 
     w = ResultsWriter(tmp_path, {"input": "x"})
     w.add([InputOutcome("a.dcm", Status.SKIPPED, "modality CT is not plain radiography (CR/DX)")])

@@ -156,7 +156,7 @@ def test_known_classes_need_enough_images_and_training_positives():
 
 
 def test_freeze_stages_stops_gradients_of_the_stem_and_early_stages():
-    from operators.networks import create_network
+    from operators.model.networks import create_network
 
     net = create_network("efficientnet_lite0", 4, 3)
     n = freeze_stages(net, 3)
@@ -221,7 +221,7 @@ def test_sources_named_wrong_or_twice_are_refused_before_any_image_is_read(train
 
 
 def test_data_loader_workers_draw_their_own_augmentations():
-    from operators.preprocessing import Preprocessing
+    from operators.input.preprocessing import Preprocessing
     from training.members import TensorImages
 
     cfg = TrainConfig(augment={"p_noise": 1.0, "flip_prob": 0.0, "rotate_range_deg": 0.0})

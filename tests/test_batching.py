@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from operators.batching import DecodeOptions, iter_prepared
-from operators.preprocessing import Preprocessing
+from operators.input.batching import DecodeOptions, iter_prepared
+from operators.input.preprocessing import Preprocessing
 
 PRE = Preprocessing(size=64)
 
@@ -42,10 +42,10 @@ def test_workers_inherit_the_input_stage_from_the_forkserver():
     """Readers and SR workers fork from a server that imported the input stage once."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from operators.processes import loaded_modules, start_early, worker_context
+    from operators.input.processes import loaded_modules, start_early, worker_context
 
     start_early()
     with ProcessPoolExecutor(max_workers=1, mp_context=worker_context()) as pool:
         inherited = pool.submit(loaded_modules).result()
-    # unpickling the probe imports operators.processes alone; the rest came with the fork
-    assert "operators.batching" in inherited and "operators.radiograph" in inherited
+    # unpickling the probe imports operators.input.processes alone; the rest came with the fork
+    assert "operators.input.batching" in inherited and "operators.input.radiograph" in inherited

@@ -8,17 +8,16 @@ import subprocess
 from pathlib import Path
 
 import highdicom as hd
-import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import generate_frames
 
 from operators.catalogue import Catalogue
-from operators.dicom_outputs import DicomOutputs
-from operators.ensemble import Prediction
-from operators.radiograph import read_file
-from operators.results import ModelInfo, classified_outcome
-from operators.sr import Algorithm
+from operators.input.radiograph import read_file
+from operators.model.classification import ModelInfo, Prediction
+from operators.model.classify import classified_outcome
+from operators.outputs.dicom_outputs import DicomOutputs
+from operators.outputs.sr import Algorithm
 from tests.conftest import require_tool
 
 CAT = Catalogue.default()
@@ -38,7 +37,7 @@ def run_outputs(corpus, names, out, labels, keep_uids=False):
         (r,) = read_file(corpus / name, corpus).radiographs
         items.append(r)
         outcomes.append(classified_outcome(r, _double(labels[name]), MODEL, CAT))
-    outputs.add(items, outcomes)
+    outcomes = outputs.add(items, outcomes)
     return outcomes, outputs.close()
 
 
@@ -70,16 +69,16 @@ def test_corrected_copies_carry_catalogue_terms_and_history(written, corpus, cor
     checked = 0
     for name, labels in corpus_labels.items():
         o = outcomes[name]
-        rel = o.details["outputs"]["corrected"]
+        rel = o.outputs.corrected
         key = "|".join(labels)
         if key == "Others":
-            assert rel is None and "no anatomy term" in o.details["corrected_reason"]
+            assert rel is None and "no anatomy term" in o.outputs.corrected_reason
             continue
         term, code = EXPECTED_TERMS[key]
         src = pydicom.dcmread(corpus / name, force=True)
         copy = pydicom.dcmread(out / rel)
         assert copy.BodyPartExamined == term
-        assert o.details["body_part_examined"] == term
+        assert o.classification.body_part_examined == term
         region = copy.AnatomicRegionSequence[0]
         assert (region.CodeValue, region.CodingSchemeDesignator) == (code, "SCT")
         record = copy.OriginalAttributesSequence[-1]
@@ -98,7 +97,7 @@ def test_corrected_copies_carry_catalogue_terms_and_history(written, corpus, cor
 def test_pixel_data_is_copied_untouched(written, corpus):
     out, outcomes, _ = written
     for name, o in outcomes.items():
-        rel = o.details["outputs"]["corrected"]
+        rel = o.outputs.corrected
         if rel is None:
             continue
         a, b = pydicom.dcmread(corpus / name, force=True), pydicom.dcmread(out / rel)
@@ -115,7 +114,7 @@ def test_pixel_data_is_copied_untouched(written, corpus):
 def test_corrected_copies_add_no_dciodvfy_errors(written, corpus):
     out, outcomes, _ = written
     for name, o in outcomes.items():
-        rel = o.details["outputs"]["corrected"]
+        rel = o.outputs.corrected
         if rel:
             new = dciodvfy_errors(out / rel) - dciodvfy_errors(corpus / name)
             assert not new, (name, sorted(new)[:3])
@@ -123,14 +122,14 @@ def test_corrected_copies_add_no_dciodvfy_errors(written, corpus):
 
 def test_keep_uids_option(corpus, tmp_path):
     outcomes, _ = run_outputs(corpus, ["cr_hand_j2k.dcm"], tmp_path, {"cr_hand_j2k.dcm": ["Hand"]}, keep_uids=True)
-    copy = pydicom.dcmread(tmp_path / outcomes[0].details["outputs"]["corrected"])
+    copy = pydicom.dcmread(tmp_path / outcomes[0].outputs.corrected)
     src = pydicom.dcmread(corpus / "cr_hand_j2k.dcm")
     assert copy.SOPInstanceUID == src.SOPInstanceUID and copy.SeriesInstanceUID == src.SeriesInstanceUID
 
 
 def test_one_sr_pair_per_study_and_all_valid(written):
     out, outcomes, srs = written
-    studies = {o.study_instance_uid for o in outcomes.values() if o.details.get("outputs", {}).get("sr")}
+    studies = {o.study_instance_uid for o in outcomes.values() if o.outputs.sr}
     assert len(srs) == 2 * len(studies)
     for path in srs:
         assert not dciodvfy_errors(path), (path.name, sorted(dciodvfy_errors(path))[:3])
@@ -139,7 +138,7 @@ def test_one_sr_pair_per_study_and_all_valid(written):
 def test_tid1500_round_trips(written, corpus_labels):
     out, outcomes, _ = written
     hand = outcomes["cr_hand_j2k.dcm"]
-    sr = hd.sr.srread(out / hand.details["outputs"]["sr"])
+    sr = hd.sr.srread(out / hand.outputs.sr)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     groups = sr.content.get_image_measurement_groups()
@@ -158,7 +157,7 @@ def test_tid1500_round_trips(written, corpus_labels):
 def test_text_sr_says_it_in_words(written):
     out, outcomes, _ = written
     o = outcomes["dx_spine_lateral_nometa.dcm"]
-    sr = pydicom.dcmread(out / o.details["outputs"]["sr_text"])
+    sr = pydicom.dcmread(out / o.outputs.sr_text)
     texts = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
     assert any("dx_spine_lateral_nometa.dcm: Thoracic Spine 90%, Lumbar Spine 85%; Body Part Examined TLSPINE" in t for t in texts)
     assert sr.SpecificCharacterSet == "ISO_IR 192"
@@ -167,7 +166,8 @@ def test_text_sr_says_it_in_words(written):
 def test_invalid_source_uid_is_left_out_of_the_sr_with_a_reason(written):
     _, outcomes, _ = written
     o = outcomes["cr_dental_pano_modlut.dcm"]  # its SOP Instance UID is not a valid UID
-    assert "sr" not in o.details["outputs"] and "not a valid UID" in o.details["sr_reason"]
+    assert o.outputs.sr is None and "not a valid UID" in o.outputs.sr_reason
+    assert "sr" not in o.to_json()["outputs"]
 
 
 def test_reports_built_in_worker_processes_match_the_serial_ones(corpus, corpus_labels, written, tmp_path, caplog,
@@ -175,7 +175,7 @@ def test_reports_built_in_worker_processes_match_the_serial_ones(corpus, corpus_
     """Many studies: SRs come from a process pool, with progress in the log, and say the same."""
     import logging
 
-    from operators import dicom_outputs
+    from operators.outputs import dicom_outputs
 
     monkeypatch.setattr(dicom_outputs, "POOL_FROM_STUDIES", 8)  # the corpus has 20 studies, not 50
     pools = []
@@ -219,9 +219,10 @@ def _said(ds) -> list:
     return out
 
 
-def test_a_source_that_changes_after_it_was_read_is_not_copied_or_reported(corpus, tmp_path):
-    """Files can change while a run goes on (an archive being written): the copy and the SR would
-    mix the header read now with pixels classified before, so neither is written, with the reason."""
+def test_a_source_that_changes_after_it_was_read_is_not_copied_but_reported_as_read(corpus, tmp_path):
+    """Files can change while a run goes on (an archive being written): the copy would put the
+    file's pixels now beside a result for the pixels classified before, so it is not written, with
+    the reason; the SR copies the header the reader parsed, so it describes what was classified."""
     import os
     import shutil
 
@@ -237,9 +238,30 @@ def test_a_source_that_changes_after_it_was_read_is_not_copied_or_reported(corpu
     outputs = DicomOutputs(tmp_path / "out", ALGORITHM, CAT)
     outcomes = outputs.add([changed, kept], [classified_outcome(r, _double(["Pelvis"]), MODEL, CAT) for r in (changed, kept)])
     outputs.close()
-    bad, good = (o.details for o in outcomes)
-    assert bad["outputs"]["corrected"] is None
-    assert bad["corrected_reason"] == "not written: the source file changed or vanished after it was read"
-    assert bad["sr_reason"] == "not in the SR: the source file changed or vanished after it was read"
-    assert good["outputs"]["corrected"] == "dicom/dx_pelvis_ddh_10.dcm" and "sr_reason" not in good
+    bad, good = (o.outputs for o in outcomes)
+    assert bad.corrected is None and bad.corrected_attempted
+    assert bad.corrected_reason == "not written: the source file changed or vanished after it was read"
+    assert bad.sr_reason is None and bad.sr is not None and (tmp_path / "out" / bad.sr).exists()
+    assert good.corrected == "dicom/dx_pelvis_ddh_10.dcm" and good.corrected_reason is None
     assert not (tmp_path / "out/dicom/dx_pelvis_ddh_1.dcm").exists()
+    assert outcomes[0].to_json()["corrected_reason"] == bad.corrected_reason and "sr_reason" not in outcomes[0].to_json()
+
+
+def test_the_sr_copies_the_header_the_reader_parsed_without_reading_the_source_again(corpus, tmp_path):
+    """The reader's header travels with the radiograph: a source gone after reading still gets
+    its SR entry, with the attributes it had when it was read."""
+    import shutil
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copyfile(corpus / "dx_pelvis_ddh_1.dcm", inputs / "dx_pelvis_ddh_1.dcm")
+    (r,) = read_file(inputs / "dx_pelvis_ddh_1.dcm", inputs).radiographs
+    assert r.header is not None and "PixelData" not in r.header
+    (inputs / "dx_pelvis_ddh_1.dcm").unlink()
+    outputs = DicomOutputs(tmp_path / "out", ALGORITHM, CAT, corrected=False)
+    (o,) = outputs.add([r], [classified_outcome(r, _double(["Pelvis"]), MODEL, CAT)])
+    (tid1500, _) = outputs.close()
+    assert o.outputs.sr is not None and o.outputs.sr_reason is None
+    sr = pydicom.dcmread(tmp_path / "out" / o.outputs.sr)
+    assert sr.StudyInstanceUID == r.study_instance_uid and sr.PatientID == r.header.PatientID
+    assert "PixelData" not in r.header  # the SR's copy did not change the carried header

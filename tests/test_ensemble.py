@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from operators.batching import iter_batches
+from operators.input.batching import iter_batches
 from operators.catalogue import Catalogue
-from operators.classify import classify_batch
-from operators.ensemble import Ensemble, decide
-from operators.model_package import load_package
+from operators.model.classify import classify_batch
+from operators.model.ensemble import Ensemble, decide
+from operators.model.model_package import load_package
 from operators.outcome import Status
-from operators.results import ModelInfo
-from operators.stacking import LogisticStacker, MeanStacker, XGBoostStacker, stacker_from_json
+from operators.model.stacking import LogisticStacker, MeanStacker, XGBoostStacker, stacker_from_json
 
 CLASSES = ("A", "B", "C", "D")
 
@@ -84,7 +83,7 @@ def test_stacker_choice_changes_the_stack_not_the_members(tiny_package, corpus):
     b = Ensemble(pkg, device="cpu", stacker="xgboost").predict(batch.tensor)
     assert a[0].member_probabilities == b[0].member_probabilities
     # one member: the mean stack is that member, through the mean stacker's own temperatures
-    from operators.stacking import apply_temperatures
+    from operators.model.stacking import apply_temperatures
 
     member = a[0].member_probabilities["efficientnet_lite0"]
     temps = pkg.calibration("mean").temperatures
@@ -100,14 +99,15 @@ def test_each_stacker_decides_with_its_own_thresholds_and_temperatures(tiny_pack
         want = pkg.calibrations[kind]
         assert ens.thresholds.tolist() == [want.thresholds[c] for c in pkg.classes]
         assert ens.temperatures.tolist() == [want.temperatures[c] for c in pkg.classes]  # tiny.yaml calibrates
-        assert ModelInfo.of(ens).thresholds == {c: want.thresholds[c] for c in pkg.trained_classes}
+        assert ens.info.thresholds == {c: want.thresholds[c] for c in pkg.trained_classes}
     assert pkg.calibrations["logistic"] != pkg.calibrations["xgboost"]
 
 
 def test_a_stacker_without_thresholds_is_refused_clearly(tiny_package, tmp_path):
     import shutil
 
-    from operators.model_package import ModelPackageError, refresh_checksums
+    from operators.model.model_package import ModelPackageError
+    from training.export import refresh_checksums
 
     pkg_dir = tmp_path / "pkg"
     shutil.copytree(tiny_package, pkg_dir)
@@ -125,7 +125,8 @@ def test_a_stacker_without_thresholds_is_refused_clearly(tiny_package, tmp_path)
 def test_a_package_from_before_per_stacker_thresholds_offers_only_its_own_stacker(tiny_package, tmp_path):
     import shutil
 
-    from operators.model_package import ModelPackageError, refresh_checksums
+    from operators.model.model_package import ModelPackageError
+    from training.export import refresh_checksums
 
     pkg_dir = tmp_path / "pkg"
     shutil.copytree(tiny_package, pkg_dir)
@@ -145,11 +146,11 @@ def test_a_failing_batch_marks_only_its_images_failed(tiny_package, corpus, monk
     pkg = load_package(tiny_package)
     ens = Ensemble(pkg, device="cpu")
     batches = list(iter_batches(corpus, pkg.preprocessing, batch_size=8))
-    model, cat = ModelInfo.of(ens), Catalogue.default()
-    good = classify_batch(ens, batches[0], model, cat)
+    cat = Catalogue.default()
+    good = classify_batch(ens, batches[0], cat)
     monkeypatch.setattr(ens, "predict", lambda t: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
-    bad = classify_batch(ens, batches[1], model, cat)
-    assert all(o.status is Status.CLASSIFIED for o in good)
+    bad = classify_batch(ens, batches[1], cat)
+    assert all(o.status is Status.CLASSIFIED and o.classification.model == ens.info for o in good if o.sop_instance_uid)
     assert all(o.status is Status.FAILED and "out of memory" in o.reason for o in bad if o.sop_instance_uid)
     assert len(bad) == len(batches[1].items)
 

@@ -22,15 +22,16 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from operators.batching import DecodeOptions, iter_prepared
-from operators.image_limits import ImageLimits, check_image_header
+from operators.input.batching import DecodeOptions, iter_prepared
+from operators.input.image_limits import ImageLimits, check_image_header
 from operators.outcome import InputOutcome, Status
-from operators.output_files import OutputFolderBusy, OutputFolderLock, write_atomically
-from operators.preprocessing import Preprocessing
-from operators.processes import worker_context
-from operators.radiograph import iter_input_files, read_file
-from operators.reader_pool import ReaderPool, ReaderStartError
-from tests import dicom_factory as fac
+from operators.outputs.output_files import OutputFolderBusy, OutputFolderLock, write_atomically
+from operators.input.preprocessing import Preprocessing
+from operators.input.processes import worker_context
+from operators.input.discovery import iter_input_files
+from operators.input.radiograph import read_file
+from operators.input.reader_pool import ReaderPool, ReaderStartError
+from operators.testing import dicom_factory as fac
 from tests.conftest import ROOT, read_results, start_app_until_results
 
 PRE = Preprocessing(size=64)
@@ -193,7 +194,7 @@ def test_an_unreadable_file_says_permission_denied(corpus, tmp_path):
     target = tmp_path / "secret.dcm"
     shutil.copyfile(corpus / SMALL, target)
     target.chmod(0)
-    code = ("import sys; from operators.radiograph import read_file; "
+    code = ("import sys; from operators.input.radiograph import read_file; "
             f"print(read_file({str(target)!r}).outcome.one_line())")
     cmd = [sys.executable, "-c", code]
     if os.geteuid() == 0:  # root reads anything: drop the capabilities that let it
@@ -219,7 +220,7 @@ def test_pixel_and_frame_bombs_are_refused_before_decoding(corpus, tmp_path):
         "frames": (_bomb(corpus, tmp_path, "frames.dcm", NumberOfFrames="10000"), "claims 10000 frames"),
         "bits": (_bomb(corpus, tmp_path, "bits.dcm", BitsAllocated=64), "Bits Allocated 64"),
     }
-    code = ("import resource, sys; from operators.radiograph import read_file\n"
+    code = ("import resource, sys; from operators.input.radiograph import read_file\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "for p in sys.argv[1:]: print(read_file(p).outcome.one_line())\n"
             "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
@@ -244,7 +245,7 @@ def test_an_image_cut_off_before_its_pixels_is_failed_not_skipped(corpus, tmp_pa
 def test_a_decoder_panic_that_is_not_an_exception_is_the_files_reason(corpus, monkeypatch):
     """pyo3 turns a Rust panic (pylibjpeg-rle on a damaged stream, found by the fuzzer) into
     ``PanicException``, a BaseException: it must still become the file's reason."""
-    from operators import radiograph
+    from operators.input import radiograph
 
     class PanicException(BaseException):
         pass

@@ -7,7 +7,6 @@ reason, with no crash of the run, no hang and bounded memory.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,8 +17,8 @@ import pytest
 
 from benchmarks.fuzz import PeakMemory, check_outcomes
 from benchmarks.mutations import MUTATIONS, write_mutants
-from operators.batching import DecodeOptions, iter_prepared
-from operators.preprocessing import Preprocessing
+from operators.input.batching import DecodeOptions, iter_prepared
+from operators.input.preprocessing import Preprocessing
 from tests.conftest import ROOT, read_results
 
 pytestmark = pytest.mark.slow  # runs the app, trains or fuzzes: not in the fast tier

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from operators.batching import DecodeOptions, iter_batches
-from operators.gpu_decoding import GpuDecodeUnavailable, GpuDecoder, gpu_suitable
-from operators.preprocessing import Preprocessing
-from operators.radiograph import area_downsample, pool_to_side, read_dataset, read_file, read_files
+from operators.input.batching import DecodeOptions, iter_batches
+from operators.input.gpu_decoding import GpuDecodeUnavailable, GpuDecoder, gpu_suitable
+from operators.input.preprocessing import Preprocessing
+from operators.input.dicom_header import read_dataset
+from operators.input.grey import area_downsample, pool_to_side
+from operators.input.radiograph import read_file, read_files
 
 
 def _nvimgcodec_present() -> bool:
@@ -104,7 +106,7 @@ class CpuBackedDecoder:
     def __init__(self, datasets, refuse: bytes | None = None, fail: bool = False):
         from pydicom.encaps import generate_frames
 
-        from operators.decoding import decode_pixels
+        from operators.input.decoding import decode_pixels
 
         self.frames, self.calls, self.refuse, self.fail = {}, [], refuse, fail
         for ds in datasets:
@@ -128,7 +130,7 @@ def _gpu(decoder) -> GpuDecoder:
 def gpu_inputs(corpus, tmp_path_factory):
     from pydicom.encaps import encapsulate, generate_frames
 
-    from tests import dicom_factory as fac
+    from operators.testing import dicom_factory as fac
 
     names = ["wg04_RG2_J2KR.dcm", "wg04_RG3_JPLL.dcm", "dx_pelvis_ddh_1.dcm", "wg04_RG2_JLSL.dcm", "cr_hand_j2k.dcm"]
     paths = [corpus / n for n in names]
@@ -180,7 +182,7 @@ def test_readers_take_several_files_per_gpu_call_in_order(gpu_inputs, corpus, mo
     there, so the CPU decodes each chunk): the same items in the same order as file by file."""
     import os
 
-    from operators import batching
+    from operators.input import batching
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -205,11 +207,11 @@ def test_readers_take_several_files_per_gpu_call_in_order(gpu_inputs, corpus, mo
 def test_gpu_decoding_runs_on_the_networks_cuda_device(corpus, monkeypatch):
     """``BODYPART_DEVICE=cuda:1`` puts the readers' GPU decoders on cuda:1, not the default device."""
     from app.settings import Settings, SettingsError
-    from operators import batching
+    from operators.input import batching
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr("operators.gpu_decoding.unavailable_reason", lambda: None)
+    monkeypatch.setattr("operators.input.gpu_decoding.unavailable_reason", lambda: None)
     settings = Settings.from_env({"BODYPART_DEVICE": "cuda:1", "BODYPART_GPU_DECODE": "auto"})
     assert settings.decode.gpu_device == "cuda:1"
     assert Settings.from_env({"BODYPART_DEVICE": "cuda", "BODYPART_GPU_DECODE": "auto"}).decode.gpu_device == "cuda"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from operators.catalogue import Catalogue
-from operators.model_package import ModelPackageError, load_package
+from operators.model.model_package import ModelPackageError, load_package
 
 
 def test_package_has_bundle_layout_and_loads(tiny_package):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.networks import create_network, load_backbone
+from operators.model.networks import create_network, load_backbone
 
 
 def _state(arch: str, seed: int, classes: int = 25) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -60,7 +59,7 @@ def test_app_runs_from_the_map_layout(tiny_package, corpus, tmp_path):
 
 def test_broken_model_is_never_packaged(tiny_package, tmp_path):
     from app.map_context import build_context
-    from operators.model_package import ModelPackageError
+    from operators.model.model_package import ModelPackageError
 
     pkg = tmp_path / "pkg"
     shutil.copytree(tiny_package, pkg)

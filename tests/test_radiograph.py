@@ -10,8 +10,8 @@ import pytest
 from pydicom.encaps import encapsulate, generate_frames
 
 from operators.outcome import Status
-from operators.radiograph import Radiograph, iter_radiographs, read_file
-from tests import dicom_factory as fac
+from operators.input.radiograph import Radiograph, iter_radiographs, read_file
+from operators.testing import dicom_factory as fac
 
 
 def _image(path: Path, **kw) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_faster_decoders_give_the_values_of_pydicoms_default(corpus, name, decod
     ``benchmarks/decoders.py``, not asserted here.)"""
     import pydicom
 
-    from operators.decoding import decode_pixels
+    from operators.input.decoding import decode_pixels
 
     reference = pydicom.dcmread(corpus / f"{name}.dcm").pixel_array
     decoded = decode_pixels(pydicom.dcmread(corpus / f"{name}.dcm"))
@@ -106,8 +106,8 @@ def _full_and_reduced(paths: dict[str, Path], decoder_says: str) -> list[float]:
     Returns every probability's change. (The speed-up is measured in ``benchmarks/decoders.py``.)"""
     import torch
 
-    from operators.ensemble import Ensemble
-    from operators.model_package import load_package
+    from operators.model.ensemble import Ensemble
+    from operators.model.model_package import load_package
     from tests.conftest import ROOT
 
     package = load_package(ROOT / "app/models/default")
@@ -395,7 +395,7 @@ def test_without_the_faster_decoders_pydicoms_plugins_decode(corpus, monkeypatch
     """Images without imagecodecs or pyjpegls (the GPU machine's, for one) fall back to GDCM."""
     import sys
 
-    from operators import decoding
+    from operators.input import decoding
 
     want = {n: _image(corpus / f"{n}.dcm") for n in ("wg04_RG3_JPLL", "wg04_RG3_JLSL")}
     monkeypatch.setitem(sys.modules, "imagecodecs", None)  # import fails

@@ -11,7 +11,7 @@ import yaml
 
 from app.settings import OPTIONS, Settings, SettingsError, config_path, markdown_table
 from tests.conftest import ROOT
-from operators.batching import DecodeOptions, default_workers
+from operators.input.batching import DecodeOptions, default_workers
 
 
 def test_defaults_follow_the_machine():

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from app.app import DEFAULT_MODEL
-from operators.ensemble import Ensemble
-from operators.model_package import load_package
-from operators.radiograph import read_file
+from operators.model.ensemble import Ensemble
+from operators.model.model_package import load_package
+from operators.input.radiograph import read_file
+from operators.testing.probes import crop, degrade
 
 
 KNOWN_SHORTCUTS = pytest.mark.xfail(strict=True, reason="issue #12: the shipped package still takes these shortcuts")
@@ -41,21 +40,6 @@ def _film(corpus, name: str) -> np.ndarray:
     return read.radiographs[0].image
 
 
-def _degrade(image: np.ndarray, long_side: int = 100) -> np.ndarray:
-    """Down to ``long_side`` pixels on the long side (area average) and back up (bilinear): the
-    resolution of the training set's hands."""
-    t = torch.as_tensor(image, dtype=torch.float32)[None, None]
-    h, w = image.shape
-    scale = long_side / max(h, w)
-    small = F.interpolate(t, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
-    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
-
-
-def _crop(image: np.ndarray, rows: tuple[float, float], cols: tuple[float, float]) -> np.ndarray:
-    h, w = image.shape
-    return image[int(rows[0] * h) : int(rows[1] * h), int(cols[0] * w) : int(cols[1] * w)]
-
-
 @pytest.mark.parametrize("name, part", [
     pytest.param("cr_hand_j2k.dcm", "Hand", marks=KNOWN_SHORTCUTS),  # an adult hand at full resolution
     ("wg04_RG1_UNCR.dcm", "Chest"),
@@ -63,7 +47,7 @@ def _crop(image: np.ndarray, rows: tuple[float, float], cols: tuple[float, float
 ])
 def test_a_degraded_film_keeps_its_labels(shipped, corpus, name, part):
     film = _film(corpus, name)
-    whole, degraded = _labels(shipped, film), _labels(shipped, _degrade(film))
+    whole, degraded = _labels(shipped, film), _labels(shipped, degrade(film))
     assert part in whole, f"{name}: {sorted(whole)}"
     assert degraded == whole, f"{name}: {sorted(whole)} at full resolution, {sorted(degraded)} at 100 px"
 
@@ -74,6 +58,6 @@ def test_a_degraded_film_keeps_its_labels(shipped, corpus, name, part):
 ])
 def test_a_tight_crop_of_a_joint_gets_its_label_and_the_whole_film_keeps_it(shipped, corpus, name, joint, rows, cols):
     film = _film(corpus, name)
-    crop, whole = _labels(shipped, _crop(film, rows, cols)), _labels(shipped, film)
-    assert joint in crop, f"{name}: crop of the {joint.lower()} labelled {sorted(crop)}"
+    cropped, whole = _labels(shipped, crop(film, rows, cols)), _labels(shipped, film)
+    assert joint in cropped, f"{name}: crop of the {joint.lower()} labelled {sorted(cropped)}"
     assert joint in whole, f"{name}: whole film labelled {sorted(whole)}"

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from operators.catalogue import Catalogue
-from operators.sr import Algorithm, ReportedImage, evidence_header, tid1500_report
+from operators.outputs.sr import Algorithm, ReportedImage, evidence_header, tid1500_report
 from tests.sr_reference import reference_content
 
 CAT = Catalogue.default()
@@ -103,7 +103,7 @@ def test_report_refuses_images_without_evidence(study):
 def test_encoded_items_read_back_with_padding_utf8_and_limits():
     from pydicom.sr.coding import Code
 
-    from operators import sr_content as sc
+    from operators.outputs import sr_content as sc
 
     name = Code("121071", "DCM", "Finding")
     item = sc.as_dataset(sc.text(name, "Körper, Hand 97%", sc.CONTAINS))  # odd UTF-8 length: padded

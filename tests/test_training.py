@@ -14,7 +14,7 @@ import torch
 
 from app.cli import main as cli
 from operators.catalogue import Catalogue
-from operators.model_package import load_package
+from operators.model.model_package import load_package
 from tests.conftest import ROOT, write_subset_csv
 from training.config import TrainConfig
 from training.data import UNIFESP_CLASSES, DataError, load_samples
@@ -30,7 +30,7 @@ def test_imagenet_lite_converter_sees_a_cat():
     import timm
     from skimage import data
 
-    from operators.networks import imagenet_lite_state_dict
+    from operators.model.networks import imagenet_lite_state_dict
 
     net = timm.create_model("efficientnet_lite0", num_classes=1000)
     net.load_state_dict(imagenet_lite_state_dict("efficientnet_lite0"))  # strict: every tensor maps
@@ -205,7 +205,7 @@ def test_bad_data_path_is_a_clear_cli_error(tmp_path, caplog):
 
 
 def test_temperature_calibration_softens_overconfident_outputs():
-    from operators.stacking import _log_loss, apply_temperatures, fit_temperatures
+    from operators.model.stacking import _log_loss, apply_temperatures, fit_temperatures
 
     rng = np.random.default_rng(0)
     true_p = rng.uniform(0.05, 0.95, (2000, 2))
@@ -218,10 +218,10 @@ def test_temperature_calibration_softens_overconfident_outputs():
 
 
 def test_package_calibration_is_applied_by_the_ensemble(tiny_run, corpus, tmp_path):
-    from operators.batching import iter_batches
-    from operators.ensemble import Ensemble
-    from operators.model_package import refresh_checksums
-    from operators.stacking import apply_temperatures
+    from operators.input.batching import iter_batches
+    from operators.model.ensemble import Ensemble
+    from training.export import refresh_checksums
+    from operators.model.stacking import apply_temperatures
 
     meta = json.loads((tiny_run / "package/configs/metadata.json").read_text())
     own = meta["stacker"]["calibrations"][meta["stacker"]["kind"]]

@@ -21,8 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from operators.catalogue import Catalogue
-from operators.preprocessing import IMAGE_SUFFIXES, read_image_file
-from operators.radiograph import DEFAULT_MAX_SIDE, read_file
+from operators.input.preprocessing import IMAGE_SUFFIXES, read_image_file
+from operators.input.grey import DEFAULT_MAX_SIDE
+
+#: The 22 classes of the UNIFESP Kaggle set, in its (alphabetical) id order 0-21.
+from operators.input.radiograph import read_file
 
 #: The 22 classes of the UNIFESP Kaggle set, in its (alphabetical) id order 0-21.
 UNIFESP_CLASSES = (

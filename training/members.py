@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from operators.ensemble import DEFAULT_PRECISION, inference_autocast, pick_device
-from operators.networks import create_network
-from operators.preprocessing import Preprocessing
+from operators.model.ensemble import DEFAULT_PRECISION, inference_autocast, pick_device
+from operators.model.networks import create_network
+from operators.input.preprocessing import Preprocessing
 
 from .augment import online_transform
 from .config import MemberConfig, TrainConfig
@@ -117,7 +117,7 @@ def macro_sensitivity(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5) 
 def predict(net: nn.Module, images: torch.Tensor, pre: Preprocessing, device: torch.device, batch_size: int = 64, tta: bool = False, amp: bool = True) -> np.ndarray:
     """Sigmoid probabilities (N, C) for cached squared images; ``tta`` averages flips.
 
-    On CUDA this runs fp16 autocast, the inference precision of the app (see operators.ensemble),
+    On CUDA this runs fp16 autocast, the inference precision of the app (see operators.model.ensemble),
     so that validation choices are made on the numbers users will get.
     """
     net.eval()

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from operators.catalogue import Catalogue
-from operators.model_package import Decision, Member, StackerCalibration, write_package
-from operators.preprocessing import Preprocessing
-from operators.stacking import LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures, fit_temperatures
+from operators.input.preprocessing import Preprocessing
+from operators.model.model_package import Decision, Member, StackerCalibration
+from operators.model.stacking import LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures, fit_temperatures
 
 from .config import TrainConfig
+from .export import write_package
 from .data import Sample, load_grey, load_samples, targets
 from .members import offline_augment, predict, train_member
 from .metrics import multilabel_metrics, tune_thresholds
@@ -188,7 +189,7 @@ def run_training(
     trained = known_classes(y[:n_labelled], tr, catalogue.names, config.min_class_images)
     trained_mask = np.array([c in trained for c in catalogue.names])
     untrained_counts = {c: int(y[:n_labelled, k].sum()) for k, c in enumerate(catalogue.names) if c not in trained}
-    from operators.ensemble import pick_device
+    from operators.model.ensemble import pick_device
 
     device = pick_device(config.device)
     members, val_probs, test_probs, histories = [], [], [], {}

@@ -5,7 +5,7 @@ on one core, the networks a few milliseconds on a GPU), so files are read in rea
 that run ahead of inference. In flight at most ``workers * 4`` files: memory stays bounded
 however large the folder is, and each reader returns only small preprocessed tensors. Reader
 processes also contain what damaged files do to native decoders (crashes, aborts, endless
-loops, huge allocations): :mod:`operators.reader_pool`.
+loops, huge allocations): :mod:`operators.input.reader_pool`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import torch
 
 from .gpu_decoding import MODES as GPU_DECODE_MODES, GpuDecoder, resolve_mode
 from .image_limits import ImageLimits
-from .outcome import InputOutcome, Status
+from ..outcome import InputOutcome, Status
 from .preprocessing import Preprocessing
 from .processes import worker_context
-from .radiograph import Radiograph, iter_input_files, read_files, relative_source
+from .discovery import iter_input_files, relative_source
+from .radiograph import Radiograph, read_files
 from .reader_pool import ReaderPool
 
 log = logging.getLogger("bodypart")
@@ -51,7 +52,7 @@ class DecodeOptions:
 
     ``gpu``: ``auto`` (nvImageCodec on the GPU where available), ``on`` (required) or ``off``;
     ``reduced_resolution``: decode large grey JPEG 2000 and 8-bit lossy JPEG at reduced resolution
-    on the CPU (:func:`operators.decoding.decode_reduced`); ``follow_links``: read through links to
+    on the CPU (:func:`operators.input.decoding.decode_reduced`); ``follow_links``: read through links to
     outside the input folder; ``seconds_per_file``: a reader that takes longer on one file is
     stopped and the file fails (``None``: no limit); ``limits``: the largest image decoded;
     ``gpu_device``: the CUDA device GPU decoding runs on (the networks' device, ``cuda:1`` say).
@@ -154,7 +155,7 @@ def _chunks(items: Iterator[Path], n: int) -> Iterator[list[Path]]:
 
 def _reader_init(gpu_decode: str = "off", gpu_device: str = "cuda", limits: ImageLimits = ImageLimits(),
                  verbose: bool = False) -> None:
-    from .report import quiet_pydicom
+    from ..outputs.report import quiet_pydicom
 
     torch.set_num_threads(1)  # parallelism comes from the processes
     quiet_pydicom(verbose)

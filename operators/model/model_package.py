@@ -9,7 +9,8 @@
       stackers/<kind>.json     logistic-regression coefficients / XGBoost models, as JSON
       docs/model_card.md       what it knows, what it does not, how well, from which data
 
-Loading checks everything before any work starts and fails with one clear message.
+Loading checks everything before any work starts and fails with one clear message. Training
+writes packages with :func:`training.export.write_package`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 
 import torch
 
-from .catalogue import Catalogue
-from .preprocessing import Preprocessing
+from ..catalogue import Catalogue
+from ..input.preprocessing import Preprocessing
 from .stacking import MeanStacker, stacker_from_json
 
 FORMAT = "bodypart-model-package"
@@ -237,84 +238,3 @@ def _calibrations(meta: dict[str, Any], stacker: dict[str, Any], classes: tuple[
     legacy = meta.get("calibration", {})
     temperatures = legacy.get("temperature") if legacy.get("stacker", kind) == kind else None
     return {kind: StackerCalibration(for_classes(meta["thresholds"]), for_classes(temperatures))}
-
-
-def refresh_checksums(root: Path) -> None:
-    """Recompute the checksums in the metadata after an intended edit (e.g. the model card)."""
-    meta_path = Path(root) / METADATA
-    meta = json.loads(meta_path.read_text())
-    meta["files"] = {rel: sha256_file(Path(root) / rel) for rel in meta["files"]}
-    meta_path.write_text(json.dumps(meta, indent=2))
-
-
-def write_package(
-    root: Path,
-    *,
-    name: str,
-    version: str,
-    classes: list[str],
-    trained_classes: list[str],
-    preprocessing: Preprocessing,
-    members: list[tuple[Member, dict[str, torch.Tensor]]],
-    stackers: dict[str, dict[str, Any]],
-    default_stacker: str,
-    calibrations: dict[str, StackerCalibration],
-    decision: Decision = Decision(),
-    extra: dict[str, Any] | None = None,
-    model_card: str | None = None,
-    weights_dtype: torch.dtype = torch.float32,
-) -> Path:
-    """Write a package folder (created) with checksums; return its root.
-
-    ``calibrations`` holds the thresholds (and temperatures) of each stacker the package offers;
-    the default stacker must have one.
-
-    ``weights_dtype=torch.float16`` halves the size on disk; weights are cast back to float32 on
-    loading (the difference in outputs is far below the decision margins).
-    """
-    if default_stacker not in calibrations:
-        raise ValueError(f"no thresholds for the default stacker {default_stacker!r}")
-    root = Path(root)
-    (root / "configs").mkdir(parents=True, exist_ok=True)
-    (root / "models").mkdir(exist_ok=True)
-    files: dict[str, str] = {}
-    member_meta = []
-    for member, state in members:
-        rel = f"models/{member.name}.pt"
-        torch.save({k: (v.to(weights_dtype) if v.is_floating_point() else v) for k, v in state.items()}, root / rel)
-        files[rel] = sha256_file(root / rel)
-        member_meta.append({"name": member.name, "arch": member.arch, "weights": rel, "metrics": member.metrics})
-    stacker_files = {}
-    if stackers:
-        (root / "stackers").mkdir(exist_ok=True)
-    for kind, data in stackers.items():
-        rel = f"stackers/{kind}.json"
-        (root / rel).write_text(json.dumps(data))
-        files[rel] = sha256_file(root / rel)
-        stacker_files[kind] = rel
-    if model_card is not None:
-        (root / "docs").mkdir(exist_ok=True)
-        (root / "docs/model_card.md").write_text(model_card)
-        files["docs/model_card.md"] = sha256_file(root / "docs/model_card.md")
-    import monai
-
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "version": version,
-        "monai_version": monai.__version__,
-        "pytorch_version": torch.__version__.split("+")[0],
-        "task": "multilabel body-part classification of plain radiographs",
-        "classes": classes,
-        "trained_classes": trained_classes,
-        "preprocessing": preprocessing.to_json(),
-        "members": member_meta,
-        "stacker": {"kind": default_stacker, "files": stacker_files,
-                    "calibrations": {kind: c.to_json() for kind, c in calibrations.items()}},
-        "decision": {"review_margin": decision.review_margin, "max_labels": decision.max_labels},
-        "files": files,
-        **(extra or {}),
-    }
-    (root / METADATA).write_text(json.dumps(meta, indent=2))
-    return root

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .classification import ModelInfo, Prediction
 from .model_package import ModelPackage, ModelPackageError
-from .outcome import short_reason
+from ..outcome import short_reason
 from .networks import create_network
 from .stacking import apply_temperatures
 
@@ -22,17 +22,6 @@ def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The ensemble's answer for one image."""
-
-    probabilities: dict[str, float]  # known classes only
-    member_probabilities: dict[str, dict[str, float]]
-    labels: list[str]
-    needs_review: bool
-    review_reason: str | None
 
 
 #: Autocast dtypes by name; "float32" runs without autocast.
@@ -91,6 +80,13 @@ class Ensemble:
         temps = calibration.temperatures
         self.temperatures = np.asarray([temps[c] for c in package.classes], float) if temps else None
         self.thresholds = np.asarray([calibration.thresholds[c] for c in package.classes], float)
+
+    @property
+    def info(self) -> ModelInfo:
+        """The package and decision settings this ensemble classifies with, as results record them."""
+        p = self.package
+        return ModelInfo(p.name, p.version, p.checksum, self.stacker_kind, str(self.device), p.classes, p.trained_classes,
+                         {c: float(self.thresholds[p.classes.index(c)]) for c in p.trained_classes})
 
     @property
     def member_names(self) -> list[str]:

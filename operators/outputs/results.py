@@ -9,15 +9,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .catalogue import Catalogue
-from .ensemble import Ensemble, Prediction
-from .outcome import InputOutcome, Status
+from ..outcome import InputOutcome, Status
 from .output_files import write_atomically
-from .radiograph import Radiograph
 
 SCHEMA_VERSION = "1.0"
 #: Keys every instance carries, whatever its status: routing engines rely on them.
@@ -26,57 +22,6 @@ INSTANCE_KEYS = (
     "labels", "probabilities", "thresholds", "needs_review", "review_reason", "body_part_examined",
     "anatomic_region", "stated_body_part_examined", "agrees", "model_name", "model_version",
 )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    checksum: str
-    stacker: str
-    device: str
-    classes: tuple[str, ...]
-    trained_classes: tuple[str, ...]
-    thresholds: dict[str, float]
-
-    @classmethod
-    def of(cls, ensemble: Ensemble) -> "ModelInfo":
-        p = ensemble.package
-        return cls(p.name, p.version, p.checksum, ensemble.stacker_kind, str(ensemble.device), p.classes, p.trained_classes,
-                   {c: float(ensemble.thresholds[p.classes.index(c)]) for c in p.trained_classes})
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "version": self.version, "sha256": self.checksum, "stacker": self.stacker,
-            "device": self.device, "classes": list(self.classes), "trained_classes": list(self.trained_classes),
-            "untrained_classes": [c for c in self.classes if c not in self.trained_classes],
-            "thresholds": self.thresholds,
-        }
-
-
-def classified_outcome(r: Radiograph, prediction: Prediction, model: ModelInfo, catalogue: Catalogue) -> InputOutcome:
-    """The classified record of one radiograph, with the catalogue term for its labels."""
-    term = catalogue.term_for(prediction.labels, prediction.probabilities) if prediction.labels else None
-    predicted = term.body_part_examined if term else None
-    stated = r.info.stated_body_part_examined
-    agrees = None if (predicted is None or stated is None) else stated.strip().upper() == predicted
-    return r.outcome(
-        Status.CLASSIFIED,
-        labels=prediction.labels,
-        probabilities=prediction.probabilities,
-        member_probabilities=prediction.member_probabilities,
-        thresholds=model.thresholds,
-        needs_review=prediction.needs_review,
-        review_reason=prediction.review_reason,
-        body_part_examined=predicted,
-        anatomic_region=(
-            {"code_value": term.sct_code, "coding_scheme_designator": "SCT", "code_meaning": term.sct_meaning}
-            if term and term.sct_code else None
-        ),
-        agrees=agrees,
-        model_name=model.name,
-        model_version=model.version,
-    )
 
 
 def instance_record(outcome: InputOutcome) -> dict[str, Any]:

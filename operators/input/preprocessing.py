@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .radiograph import DEFAULT_MAX_SIDE, area_downsample, stretch
+from .grey import DEFAULT_MAX_SIDE, area_downsample, stretch
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 

@@ -7,17 +7,20 @@ import logging
 import re
 import warnings
 
-import pydicom
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Any, Sequence
 
-from .catalogue import Catalogue
+import pydicom
+
+from ..catalogue import AnatomyTerm, Catalogue
 from .corrected_tags import corrected_dataset, write_corrected
-from .outcome import InputOutcome, Status
+from ..outcome import InputOutcome
 from .output_files import fatal_output_error, write_atomically
-from .processes import worker_context
-from .radiograph import Radiograph, file_identity
+from ..input.processes import worker_context
+from ..input.discovery import file_identity
+from ..input.radiograph import Radiograph
 from .sr import Algorithm, ReportedImage, evidence_header, referenceable, text_report, tid1500_report
 
 log = logging.getLogger("bodypart")
@@ -25,6 +28,34 @@ log = logging.getLogger("bodypart")
 #: Studies from which the SRs are built in a process pool (measured on 2 cores: 20 studies take
 #: 2.5 s in process and 4.3 s with a pool of 2).
 POOL_FROM_STUDIES = 50
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """Where one classified input's DICOM outputs went (paths relative to OUT), or why not.
+
+    ``corrected`` is ``None`` with ``corrected_reason`` when a copy was due but not written;
+    ``sr``/``sr_text`` are ``None`` with ``sr_reason`` when the image is left out of its study's SR.
+    """
+
+    corrected_attempted: bool = False
+    corrected: str | None = None
+    corrected_reason: str | None = None
+    sr: str | None = None
+    sr_text: str | None = None
+    sr_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        outputs: dict[str, str | None] = {}
+        if self.corrected_attempted:
+            outputs["corrected"] = self.corrected
+        if self.sr is not None:
+            outputs.update(sr=self.sr, sr_text=self.sr_text)
+        data: dict[str, Any] = {"outputs": outputs}
+        for key in ("corrected_reason", "sr_reason"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        return data
 
 
 def _safe(uid: str | None) -> str:
@@ -55,65 +86,65 @@ class DicomOutputs:
         #: per study: each image's result and its source header as the SR copies it (read once, when
         #: the image is added: a source that changes or vanishes later cannot break its study's SR)
         self.studies: dict[str, list[tuple[ReportedImage, pydicom.Dataset]]] = {}
-        self._last: tuple[Path, pydicom.Dataset | None, str | None] | None = None  # the last file's header
+        self._last: tuple[pydicom.Dataset | None, pydicom.Dataset | None, str | None] | None = None  # the last file's
 
     def sr_paths(self, study_uid: str | None) -> dict[str, str]:
         name = _safe(study_uid)
         return {"sr": f"sr/{name}_tid1500.dcm", "sr_text": f"sr/{name}_text.dcm"}
 
     def add(self, items: Sequence[Radiograph | InputOutcome], outcomes: Sequence[InputOutcome]) -> list[InputOutcome]:
-        """Handle one batch: ``items`` as the loader gave them, ``outcomes`` aligned with them."""
-        for item, outcome in zip(items, outcomes):
-            if not isinstance(item, Radiograph) or outcome.status is not Status.CLASSIFIED:
-                continue
-            outputs: dict[str, str | None] = {}
-            d = outcome.details
-            if self.write_corrected:
-                outputs["corrected"] = self._corrected(item, d)
-            if self.write_reports:
-                image = ReportedImage(
-                    source=item.source, sop_class_uid=d.get("sop_class_uid") or "", sop_instance_uid=item.sop_instance_uid or "",
-                    frame=item.frame, labels=tuple(d["labels"]), probabilities=dict(d["probabilities"]),
-                    body_part_examined=d.get("body_part_examined"), needs_review=bool(d["needs_review"]),
-                    review_reason=d.get("review_reason"),
-                )
-                header = None
-                if not referenceable(image):
-                    d["sr_reason"] = "not in the SR: the source's SOP Class or Instance UID is not a valid UID"
-                elif (header := self._header(item, d)) is not None:
+        """Handle one batch: ``items`` as the loader gave them, ``outcomes`` aligned with them.
+
+        Returns the outcomes, each classified one with its :class:`OutputRecord`.
+        """
+        return [self._add(item, outcome) if isinstance(item, Radiograph) and outcome.classification is not None
+                else outcome for item, outcome in zip(items, outcomes)]
+
+    def _add(self, item: Radiograph, outcome: InputOutcome) -> InputOutcome:
+        c = outcome.classification
+        record = OutputRecord()
+        if self.write_corrected:
+            record = replace(record, corrected_attempted=True, **self._corrected(item, c.term))
+        if self.write_reports:
+            image = ReportedImage(
+                source=item.source, sop_class_uid=item.info.sop_class_uid or "", sop_instance_uid=item.sop_instance_uid or "",
+                frame=item.frame, labels=c.labels, probabilities=dict(c.probabilities),
+                body_part_examined=c.body_part_examined, needs_review=c.needs_review, review_reason=c.review_reason,
+            )
+            if not referenceable(image):
+                record = replace(record, sr_reason="not in the SR: the source's SOP Class or Instance UID is not a valid UID")
+            else:
+                header, reason = self._evidence(item)
+                if header is None:
+                    record = replace(record, sr_reason=reason)
+                else:
                     self.studies.setdefault(item.study_instance_uid or "", []).append((image, header))
-                    outputs.update(self.sr_paths(item.study_instance_uid))
-            d["outputs"] = outputs
-        return list(outcomes)
+                    paths = self.sr_paths(item.study_instance_uid)
+                    record = replace(record, sr=paths["sr"], sr_text=paths["sr_text"])
+        return replace(outcome, outputs=record)
 
-    def _header(self, item: Radiograph, d: dict) -> "pydicom.Dataset | None":
-        """The source's header for the SR, read once per file: the frames of a multi-frame file
-        come one after another and share it (one object, not a copy per frame)."""
-        if item.frame not in (None, 0) and self._last is not None and self._last[0] == item.path:
-            _, header, reason = self._last
-        else:
-            header = _evidence_or_reason(item, d)
-            reason = d.get("sr_reason")
-            self._last = (item.path, header, reason)
-        if reason is not None:
-            d["sr_reason"] = reason
-        return header
+    def _evidence(self, item: Radiograph) -> tuple[pydicom.Dataset | None, str | None]:
+        """The header the SR copies, made once per file from the one the reader parsed: the frames
+        of a multi-frame file come one after another and share it."""
+        if self._last is not None and self._last[0] is item.header:
+            return self._last[1], self._last[2]
+        header, reason = _evidence_or_reason(item)
+        self._last = (item.header, header, reason)
+        return header, reason
 
-    def _corrected(self, item: Radiograph, d: dict) -> str | None:
+    def _corrected(self, item: Radiograph, term: AnatomyTerm | None) -> dict[str, str | None]:
+        """Write the corrected copy; return the record's ``corrected`` path or ``corrected_reason``."""
         if item.frame not in (None, 0):
-            return None  # one copy per file; frames of one file share its header
-        term = self.catalogue.term_for(d["labels"], d["probabilities"]) if d["labels"] else None
+            return {}  # one copy per file; frames of one file share its header
         if term is None:
-            d["corrected_reason"] = "no anatomy term for these labels"
-            return None
+            return {"corrected_reason": "no anatomy term for these labels"}
         rel = PurePosixPath("dicom") / item.source
         if rel.suffix.lower() != ".dcm":
             rel = rel.with_name(rel.name + ".dcm")
         if item.file_identity is not None and file_identity(item.path) != item.file_identity:
-            # the copy would carry pixels other than the ones classified
-            d["corrected_reason"] = "not written: the source file changed or vanished after it was read"
+            # the copy carries the file's pixels again: they must be the ones classified
             log.warning("%s: corrected copy not written (source changed after reading)", item.source)
-            return None
+            return {"corrected_reason": "not written: the source file changed or vanished after it was read"}
         try:
             ds = corrected_dataset(item.path, term, f"{self.algorithm.model_name} {self.algorithm.model_version}",
                                    keep_uids=self.keep_uids, series_uid_map=self.series_map)
@@ -125,9 +156,8 @@ class DicomOutputs:
             # The message may quote attribute values: keep it out of the log unless debugging.
             log.warning("%s: corrected copy not written (%s)", item.source, type(e).__name__)
             log.debug("%s: %s", item.source, e)
-            d["corrected_reason"] = f"not written: {e}"
-            return None
-        return rel.as_posix()
+            return {"corrected_reason": f"not written: {e}"}
+        return {"corrected": rel.as_posix()}
 
     def close(self) -> list[Path]:
         """Write the SRs of every study seen, in ``workers`` processes when there are many; return their paths.
@@ -188,22 +218,18 @@ def write_study_reports(paths: dict[str, str], study: str, entries: list[tuple[R
     return written, study, None
 
 
-def _evidence_or_reason(item: Radiograph, d: dict) -> "pydicom.Dataset | None":
-    """The source header an SR copies, or ``None`` with ``d["sr_reason"]`` saying why not."""
-    if item.file_identity is not None and file_identity(item.path) != item.file_identity:
-        d["sr_reason"] = "not in the SR: the source file changed or vanished after it was read"
-        return None
+def _evidence_or_reason(item: Radiograph) -> tuple[pydicom.Dataset | None, str | None]:
+    """The source header an SR copies, or ``None`` and the reason it cannot be copied."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*person name.*")  # the warning quotes the name
-            header = evidence_header(item.path)
+            header = evidence_header(item.header if item.header is not None else item.path)
             for _ in header.iterall():  # parse every value now, not in the middle of building a study's SR
                 pass
     except Exception as e:  # noqa: BLE001 - a header that cannot be copied costs this image, not its study
-        d["sr_reason"] = f"not in the SR: its header cannot be copied into an SR ({type(e).__name__})"
         log.warning("%s: left out of its study's SR (%s)", item.source, type(e).__name__)
-        return None
-    return header
+        return None, f"not in the SR: its header cannot be copied into an SR ({type(e).__name__})"
+    return header, None
 
 
 def _unique_evidence(headers) -> list:

@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
-from .catalogue import SCT, AnatomyTerm
+from ..catalogue import SCT, AnatomyTerm
 from .output_files import write_atomically
-from .radiograph import read_dataset
+from ..input.dicom_header import read_dataset
 
 MODIFYING_SYSTEM = "bodypart-xr"
 #: Body Part Examined terms of paired structures: General Series Laterality (0020,0060) is Type 2C,
@@ -149,5 +149,5 @@ def _complete_file_meta(ds: Dataset) -> None:
 
 def write_corrected(ds: Dataset, path: Path) -> Path:
     """Write as a DICOM Part 10 file, in the source's transfer syntax; the file appears whole or
-    not at all (:func:`operators.output_files.write_atomically`)."""
+    not at all (:func:`operators.outputs.output_files.write_atomically`)."""
     return write_atomically(path, lambda fh: ds.save_as(fh, enforce_file_format=True))

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
-from .batching import Batch
-from .catalogue import Catalogue
+from ..catalogue import Catalogue
+from ..input.batching import Batch
+from ..input.radiograph import Radiograph
+from ..outcome import InputOutcome, Status, short_reason
+from .classification import Classification, ModelInfo, Prediction
 from .ensemble import Ensemble
-from .outcome import InputOutcome, Status, short_reason
-from .radiograph import Radiograph
-from .results import ModelInfo, classified_outcome
 
 log = logging.getLogger("bodypart")
 
 
-def classify_batch(ensemble: Ensemble, batch: Batch, model: ModelInfo, catalogue: Catalogue) -> list[InputOutcome]:
+def classify_batch(ensemble: Ensemble, batch: Batch, catalogue: Catalogue) -> list[InputOutcome]:
     """Classify the radiographs of ``batch``; pass other outcomes through, in input order.
 
     A failure of the ensemble on this batch (out of memory, a bad tensor) marks only its
@@ -29,5 +30,11 @@ def classify_batch(ensemble: Ensemble, batch: Batch, model: ModelInfo, catalogue
             log.exception("classification failed for a batch of %d images", len(radiographs))
             reason = f"classification failed: {type(e).__name__}: {short_reason(e)}"
             return [i.outcome(Status.FAILED, reason) if isinstance(i, Radiograph) else i for i in batch.items]
-    it = iter(predictions)
+    it, model = iter(predictions), ensemble.info
     return [classified_outcome(i, next(it), model, catalogue) if isinstance(i, Radiograph) else i for i in batch.items]
+
+
+def classified_outcome(r: Radiograph, prediction: Prediction, model: ModelInfo, catalogue: Catalogue) -> InputOutcome:
+    """The classified record of one radiograph, its labels named by the catalogue."""
+    classification = Classification.of(prediction, model, catalogue, r.info.stated_body_part_examined)
+    return replace(r.outcome(Status.CLASSIFIED), classification=classification)

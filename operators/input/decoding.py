@@ -26,7 +26,7 @@ import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
-from .outcome import short_reason
+from ..outcome import short_reason
 
 # JPEG process 1 (baseline), 2/4 (extended), 14 (lossless) and 14 SV1: what libjpeg-turbo reads.
 _LENIENT_JPEG = {
@@ -210,7 +210,7 @@ def _libjpeg_turbo(ds: pydicom.Dataset) -> np.ndarray:
 
 def shrink_factor(shape: tuple[int, int], max_side: int | None) -> int:
     """The smallest integer factor that brings the longest side of ``shape`` to ``max_side``: how
-    much the input stage shrinks an image (:func:`operators.radiograph.pool_to_side`)."""
+    much the input stage shrinks an image (:func:`operators.input.grey.pool_to_side`)."""
     return math.ceil(max(shape) / max_side) if max_side else 1
 
 

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .outcome import InputOutcome
+from ..outcome import InputOutcome
 
 log = logging.getLogger("bodypart")
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from . import sr_content as sc
-from .catalogue import SCT, Catalogue
+from ..catalogue import SCT, Catalogue
 
 #: SNOMED CT 363680008 |Radiographic imaging procedure|
 RADIOGRAPHY = Code("363680008", SCT, "Radiographic imaging procedure")
@@ -73,14 +74,21 @@ class Algorithm:
         return (f"model-sha256={self.model_sha256}", f"stacker={self.stacker}")
 
 
-def evidence_header(path) -> pydicom.Dataset:
-    """The source's header (no pixels), made fit to copy into an SR.
+def evidence_header(source: "pydicom.Dataset | str | Path") -> pydicom.Dataset:
+    """The source's header (no pixels), made fit to copy into an SR: a copy of the data set the
+    reader parsed (or of the file at ``source``); the source itself is not changed.
 
     Type 2 attributes the source lacks become empty; dates and times that do not parse (seen in
     anonymised archives: hashes in Study Date, day 31 of February) become empty rather than make
     the report invalid; strings longer than their VR allows are cut to length.
     """
-    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    if isinstance(source, pydicom.Dataset):
+        ds = copy.deepcopy(source)
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in ds:
+                del ds[keyword]
+    else:
+        ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
     for keyword in _TYPE2:
         if keyword not in ds:
             setattr(ds, keyword, "")

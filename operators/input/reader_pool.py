@@ -103,7 +103,7 @@ class ReaderPool(Generic[T, R]):
         ``failed(items, reason)``: the result standing for a task whose reader died, overran or
         raised; called with one item when the pool could tell which one.
     context
-        The multiprocessing context (:func:`operators.processes.worker_context`).
+        The multiprocessing context (:func:`operators.input.processes.worker_context`).
     seconds_per_item
         Time limit of a task per item it holds; ``None``: no limit.
     """

@@ -8,7 +8,7 @@ same device, so only a few hundred kilobytes cross back to the host.
 
 Only what the GPU path reproduces is sent to it: unsigned grey images without a Modality LUT table
 (a table must see full-resolution values), and RGB/YBR colour ones (turned to RGB, as pydicom does). Everything else, and any file the
-GPU decoder refuses, goes through the CPU decoders of :mod:`operators.decoding` unchanged.
+GPU decoder refuses, goes through the CPU decoders of :mod:`operators.input.decoding` unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pydicom
 
 from .decoding import JPEG2000_SYNTAXES, DecodedPixels, code_streams, full_resolution_reason, transfer_syntax
-from .outcome import short_reason
+from ..outcome import short_reason
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class GpuDecoder:
         or gave at the wrong size: the caller decodes that one on the CPU. Never raises.
 
         The frames come back as float32 stored values (no LUT applied; colour as RGB), already
-        shrunk as :func:`operators.radiograph.area_downsample` would have shrunk them on the CPU.
+        shrunk as :func:`operators.input.grey.area_downsample` would have shrunk them on the CPU.
         """
         out: list[DecodedPixels | None] = [None] * len(datasets)
         jobs: dict[bool, list[tuple[int, list[bytes], tuple[int, ...]]]] = {False: [], True: []}  # colour -> jobs
@@ -161,7 +161,7 @@ class GpuDecoder:
     def _decode_batch(self, datasets, todo, colour: bool, max_side: int | None, out: list) -> None:
         import torch
 
-        from .radiograph import pool_to_side
+        from .grey import pool_to_side
 
         streams = [s for _, frames, _ in todo for s in frames]
         try:

@@ -1,7 +1,7 @@
 """The one way this app starts worker processes: a forkserver that imported the input stage once.
 
 forkserver, not fork: forking a process that already runs Holoscan and torch threads can
-deadlock. The server imports :mod:`operators.batching` (torch, pydicom, the decoders) when it
+deadlock. The server imports :mod:`operators.input.batching` (torch, pydicom, the decoders) when it
 starts, so every reader or SR worker forked from it starts in milliseconds instead of importing
 for a second or more. The app starts the server first thing (:func:`start_early`), so those
 imports run while its own (MONAI, about 7 s) do. This module imports nothing heavy itself.
@@ -13,7 +13,7 @@ import multiprocessing
 from multiprocessing.context import BaseContext
 
 #: Imported once in the server, inherited by every worker.
-PRELOAD = ["operators.batching"]
+PRELOAD = ["operators.input.batching"]
 
 
 def worker_context() -> BaseContext:

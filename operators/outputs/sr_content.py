@@ -5,7 +5,7 @@ with highdicom's template classes and written by pydicom that costs about 0.16 s
 more than decoding the image; encoded here it costs about 1 ms. Items come out exactly as
 highdicom encodes them (``tests/test_sr.py`` compares the two, item for item, against
 ``tests/sr_reference.py``), and the document around them is still built by highdicom
-(:class:`operators.sr.EncodedReport`).
+(:class:`operators.outputs.sr.EncodedReport`).
 
 Every function returns one encoded sequence item (``(FFFE,E000)``, length, elements in tag
 order); a list of them is the value of a sequence element.

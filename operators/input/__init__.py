@@ -1,0 +1,1 @@
+"""Input stage: discovery, reading, selection, decoding on CPU and GPU, grey pixels, batches."""

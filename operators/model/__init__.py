@@ -1,0 +1,1 @@
+"""Model stage: member networks, the model package, the ensemble and its stackers."""

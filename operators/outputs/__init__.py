@@ -1,0 +1,1 @@
+"""Output stage: results.json, DICOM SRs, corrected copies, the output folder, summaries."""

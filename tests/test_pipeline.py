@@ -1,0 +1,85 @@
+"""The run's data flow in process, without Holoscan: the same Pipeline the operators wrap."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from app.app import DEFAULT_MODEL
+from operators.input.batching import iter_batches
+from operators.model.ensemble import Ensemble
+from operators.model.model_package import load_package
+from operators.pipeline import BatchFeed, Pipeline
+from tests.conftest import read_results
+
+FILES = ("dx_pelvis_ddh_1.dcm", "dx_pelvis_ddh_10.dcm", "cr_dental_pano_modlut.dcm")
+
+
+@pytest.fixture(scope="module")
+def ensemble():
+    return Ensemble(load_package(DEFAULT_MODEL), device="cpu")
+
+
+@pytest.fixture
+def inputs(corpus, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in FILES:
+        shutil.copyfile(corpus / name, folder / name)
+    (folder / "notes.txt").write_text("not DICOM")
+    return folder
+
+
+def _feed(ensemble, inputs, pipeline, batches=None):
+    return BatchFeed(batches or iter_batches(inputs, ensemble.package.preprocessing, 2, 0), pipeline.status)
+
+
+def test_every_input_flows_through_to_results_and_dicom_outputs(ensemble, inputs, tmp_path):
+    out = tmp_path / "out"
+    pipeline = Pipeline(ensemble, out, inputs, app_version="test")
+    path = pipeline.run(_feed(ensemble, inputs, pipeline))
+    doc = read_results(out)
+    assert path == out / "results.json" and doc["complete"] is True and doc["interrupted_reason"] is None
+    by_source = {i["source"]: i for i in doc["instances"]}
+    assert sorted(by_source) == sorted([*FILES, "notes.txt"])
+    assert by_source["notes.txt"]["status"] == "failed"
+    classified = [i for i in doc["instances"] if i["status"] == "classified"]
+    assert len(classified) == 3 and doc["summary"]["classified"] == 3
+    assert doc["model"] == ensemble.info.to_json() and doc["app"] == {"name": "bodypart-xr", "version": "test"}
+    for record in classified:
+        assert record["model_name"] == ensemble.package.name and record["thresholds"] == ensemble.info.thresholds
+        corrected = record["outputs"].get("corrected")
+        assert corrected is None or (out / corrected).is_file()
+    pelvis = by_source["dx_pelvis_ddh_1.dcm"]
+    assert (out / pelvis["outputs"]["sr"]).is_file() and (out / pelvis["outputs"]["sr_text"]).is_file()
+    assert "sr" not in by_source["cr_dental_pano_modlut.dcm"]["outputs"]  # its UID is not valid: the reason says so
+    assert "not a valid UID" in by_source["cr_dental_pano_modlut.dcm"]["sr_reason"]
+
+
+def test_readers_that_fail_midway_end_the_run_incomplete_with_what_was_read(ensemble, inputs, tmp_path):
+    def batches():
+        yield from iter_batches(inputs, ensemble.package.preprocessing, 2, 0)
+        raise OSError("input share went away")
+
+    out = tmp_path / "out"
+    pipeline = Pipeline(ensemble, out, inputs, dicom_outputs=False)
+    pipeline.run(_feed(ensemble, inputs, pipeline, batches()))
+    doc = read_results(out)
+    assert doc["complete"] is False
+    assert doc["interrupted_reason"] == "reading stopped: OSError: input share went away"
+    assert len(doc["instances"]) == 4  # everything read before the fault is recorded
+    assert all(i["outputs"] == {} for i in doc["instances"] if i["status"] == "classified")
+    assert not (out / "sr").exists() and not (out / "dicom").exists()
+
+
+def test_a_run_closed_before_its_last_batch_says_it_is_not_complete(ensemble, inputs, tmp_path):
+    """What the operators' stop() does when the graph ends early (a signal): results.json says so."""
+    out = tmp_path / "out"
+    pipeline = Pipeline(ensemble, out, inputs)
+    feed = _feed(ensemble, inputs, pipeline)
+    pipeline.add(feed.next())
+    pipeline.close()
+    doc = read_results(out)
+    assert doc["complete"] is False and "interrupted" in doc["interrupted_reason"]
+    assert len(doc["instances"]) == 2
