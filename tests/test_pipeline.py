@@ -83,3 +83,16 @@ def test_a_run_closed_before_its_last_batch_says_it_is_not_complete(ensemble, in
     doc = read_results(out)
     assert doc["complete"] is False and "interrupted" in doc["interrupted_reason"]
     assert len(doc["instances"]) == 2
+
+
+def test_the_writers_and_the_typed_results_do_not_pull_torch_in():
+    """Tools that read or write results must not load the networks' stack (seconds, gigabytes)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys, operators.outputs.results, operators.outputs.dicom_outputs, operators.model.classification; "
+            "print(sorted(m for m in ('torch', 'monai', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
