@@ -74,8 +74,10 @@ class BodyPartApp(Application):
         package = load_package(resolve_model_path(context.model_path))
         ensemble = Ensemble(package, device=settings.device, stacker=settings.stacker, compile=settings.compile)
         log.info("model %s %s on %s; input %s; output %s", package.name, package.version, ensemble.device, input_path, output_path)
+        sr_dir, corrected_dir = settings.folders(output_path)
         pipeline = Pipeline(ensemble, output_path, input_path, dicom_outputs=settings.dicom_outputs,
-                            keep_uids=settings.keep_uids, workers=settings.workers, app_name=self.name,
+                            corrected=settings.corrected, keep_uids=settings.keep_uids, sr_dir=sr_dir,
+                            corrected_dir=corrected_dir, workers=settings.workers, app_name=self.name,
                             app_version=self.version)
         self.run_status = pipeline.status
         feed = BatchFeed(iter_batches(input_path, package.preprocessing, settings.batch_size, settings.workers, settings.decode),

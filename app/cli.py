@@ -52,7 +52,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
     settings = p.add_argument_group("settings (app/settings.py; checked by the app)")
     for option in OPTIONS:
-        values = {"flag": "0|1", "int": "N", "device": "cuda|cuda:N|cpu"}.get(option.kind, "|".join(option.choices))
+        values = {"flag": "0|1", "int": "N", "device": "cuda|cuda:N|cpu", "path": "FOLDER"}.get(option.kind, "|".join(option.choices))
         settings.add_argument(option.flag, dest=f"setting_{option.key}", metavar=values,
                               help=f"{option.help.replace('`', '').replace('%', '%%')} (default: {option.default_text.replace('`', '')}; "
                                    f"{option.env})")

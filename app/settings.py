@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping
 from operators.input.batching import DecodeOptions, default_workers
 from operators.model.ensemble import pick_device
 from operators.input.gpu_decoding import MODES as GPU_DECODE_MODES, unavailable_reason
+from operators.outputs.dicom_outputs import CORRECTED_MODES
 
 #: The config file section holding these settings.
 SECTION = "bodypart"
@@ -35,7 +36,7 @@ class Option:
     """One setting: its config key, its environment variable, how to parse it and what it means."""
 
     key: str
-    kind: str  # "choice", "int", "flag" or "device"
+    kind: str  # "choice", "int", "flag", "device" or "path"
     default: Any  # None: decided at run time, as ``default_text`` says
     default_text: str
     help: str
@@ -65,6 +66,12 @@ OPTIONS: tuple[Option, ...] = (
            "(each folder walked once)"),
     Option("keep_uids", "flag", False, "0", "1: corrected copies keep SOP/Series Instance UIDs (for PACS that overwrite)"),
     Option("dicom_outputs", "flag", True, "1", "0: `results.json` only, no SRs or corrected copies"),
+    Option("corrected", "choice", "confident", "`confident`", "which images get a corrected copy: `confident` (results "
+           "with `needs_review: false`), `all`, or `none` (the SRs always carry every result)",
+           choices=CORRECTED_MODES),
+    Option("sr_folder", "path", None, "`OUT/sr`", "folder for the SRs (absolute, or relative to OUT): a Workflow "
+           "Manager output artifact of its own"),
+    Option("dicom_folder", "path", None, "`OUT/dicom`", "folder for the corrected copies (absolute, or relative to OUT)"),
     Option("compile", "flag", False, "0", "1: torch.compile the members (pays off on large archives)"),
     Option("gpu_decode", "choice", None, "`auto` on CUDA, else `off`", "`auto`: JPEG 2000/JPEG decoded on the GPU by "
            "nvImageCodec when installed (`pip install .[gpu]`); `on`: required (clear error if missing); `off`: CPU "
@@ -88,6 +95,9 @@ class Settings:
     decode: DecodeOptions = DecodeOptions()
     keep_uids: bool = False
     dicom_outputs: bool = True
+    corrected: str = "confident"
+    sr_folder: Path | None = None  # None: OUT/sr
+    dicom_folder: Path | None = None  # None: OUT/dicom
     compile: bool = False
     scheduler: str = "event"
 
@@ -145,8 +155,15 @@ class Settings:
                                seconds_per_file=float(v["file_time_limit"]) if v["file_time_limit"] else None)
         return cls(device=device, stacker=v["stacker"], batch_size=v["batch_size"],
                    workers=default_workers() if v["workers"] is None else v["workers"], decode=decode,
-                   keep_uids=v["keep_uids"], dicom_outputs=v["dicom_outputs"], compile=v["compile"],
+                   keep_uids=v["keep_uids"], dicom_outputs=v["dicom_outputs"], corrected=v["corrected"],
+                   sr_folder=v["sr_folder"], dicom_folder=v["dicom_folder"], compile=v["compile"],
                    scheduler=v["scheduler"])
+
+    def folders(self, output_path: Path) -> tuple[Path, Path]:
+        """The SR and corrected-copy folders of a run writing to ``output_path``."""
+        def under(folder: Path | None, default: str) -> Path:
+            return output_path / default if folder is None else (folder if folder.is_absolute() else output_path / folder)
+        return under(self.sr_folder, "sr"), under(self.dicom_folder, "dicom")
 
 
 def config_path(env: Mapping[str, str] | None = None) -> Path | None:
@@ -186,6 +203,10 @@ def _parse(option: Option, raw: Any, where: str) -> Any:
             raise SettingsError(f"{where}: must be at least {option.minimum}")
         return value
     text = str(raw)
+    if option.kind == "path":
+        if not text.strip() or "\0" in text:
+            raise SettingsError(f"{where}: not a folder path")
+        return Path(text)
     if option.kind == "device":
         if text.split(":")[0] not in ("cpu", "cuda") or (":" in text and not text.split(":", 1)[1].isdigit()):
             raise SettingsError(f"{where}: use cuda, cuda:N or cpu")

@@ -20,6 +20,17 @@ class Status(str, Enum):
     FAILED = "failed"  # should have been read but could not (corrupt, undecodable, ...)
 
 
+@dataclass(frozen=True)
+class ReportReference:
+    """An SR this app wrote in an earlier run, met among the inputs (a study pulled back from the
+    PACS holds it): a new report of the study names it in its Predecessor Documents Sequence."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
 @dataclass
 class InputOutcome:
     """The record of one input in a run's results.
@@ -42,6 +53,7 @@ class InputOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     classification: Classification | None = None
     outputs: OutputRecord | None = None
+    earlier_report: ReportReference | None = None  # not in results.json: the reason says it
 
     def to_json(self) -> dict[str, Any]:
         """The flat JSON record of ``results.json`` (``app/results.schema.json``)."""

@@ -3,8 +3,8 @@
     BatchFeed (readers) --batch--> Pipeline.classify --> Pipeline.write_dicom --> Pipeline.record
 
 The Holoscan operators (:mod:`operators.holoscan_operators`) each call one stage of one
-:class:`Pipeline`; tools and benchmarks call :meth:`Pipeline.add` per batch and
-:meth:`Pipeline.close`. No stage raises for a fault of the run: an exception inside a Holoscan
+:class:`Pipeline`; tools call :meth:`Pipeline.run`, or :meth:`Pipeline.add` per batch and
+:meth:`Pipeline.close`; the benchmark calls the stages one by one to time each. No stage raises for a fault of the run: an exception inside a Holoscan
 operator makes it drop the batches in flight, so faults are recorded in the shared
 :class:`~operators.run_status.RunStatus`, reading stops, the batches already read are written, and
 ``results.json`` says why the run is not complete.
@@ -21,7 +21,7 @@ from .input.batching import Batch
 from .model.classify import classify_batch
 from .model.ensemble import Ensemble
 from .outcome import InputOutcome, short_reason
-from .outputs.dicom_outputs import DicomOutputs
+from .outputs.dicom_outputs import DicomOutputs, OutputsStopped
 from .outputs.output_files import OutputError, fatal_output_error
 from .outputs.report import Progress
 from .outputs.results import ResultsWriter
@@ -78,15 +78,19 @@ class Pipeline:
         What the run reads, as ``results.json`` names it.
     dicom_outputs
         Write corrected copies and the per-study SRs.
-    keep_uids, workers
-        Corrected copies keep their UIDs; processes that build SRs.
+    corrected, keep_uids, sr_dir, corrected_dir
+        Which images get corrected copies, whether they keep their UIDs, and where the SRs and
+        copies go (see :class:`~operators.outputs.dicom_outputs.DicomOutputs`).
+    workers
+        Processes that build SRs.
     app_name, app_version
         The application that ran, as ``results.json`` and the SRs name it.
     """
 
     def __init__(self, ensemble: Ensemble, output_dir: Path, input_path: Path, *, dicom_outputs: bool = True,
-                 keep_uids: bool = False, workers: int = 1, app_name: str = "bodypart-xr", app_version: str = "",
-                 status: RunStatus | None = None, catalogue: Catalogue | None = None):
+                 corrected: str = "confident", keep_uids: bool = False, sr_dir: Path | None = None,
+                 corrected_dir: Path | None = None, workers: int = 1, app_name: str = "bodypart-xr",
+                 app_version: str = "", status: RunStatus | None = None, catalogue: Catalogue | None = None):
         self.ensemble = ensemble
         self.catalogue = catalogue or Catalogue.default()
         self.status = status or RunStatus()
@@ -94,12 +98,14 @@ class Pipeline:
         p = ensemble.package
         algorithm = Algorithm(p.name, p.version, p.checksum, ensemble.stacker_kind, app_version)
         self.dicom = DicomOutputs(self.output_dir, algorithm, self.catalogue, keep_uids=keep_uids,
-                                  corrected=dicom_outputs, reports=dicom_outputs, workers=max(1, workers))
+                                  corrected=corrected if dicom_outputs else "none", reports=dicom_outputs,
+                                  workers=max(1, workers), sr_dir=sr_dir, corrected_dir=corrected_dir)
         run_info = {"app": {"name": app_name, "version": app_version}, "input": str(input_path),
                     "model": ensemble.info.to_json()}
         self.results = ResultsWriter(self.output_dir, run_info)
         self.progress = Progress()
         self._dicom_done = False  # the SRs were written, or the output folder failed
+        self._results_path: Path | None = None
 
     # -- the stages, in order ------------------------------------------------------------------
 
@@ -117,9 +123,9 @@ class Pipeline:
             return outcomes
         try:
             outcomes = self.dicom.add(batch.items, outcomes)
-        except Exception as e:  # noqa: BLE001 - the folder's faults stop the run; results still pass on
-            self._dicom_failed(e)
-            return outcomes
+        except OutputsStopped as e:  # the folder's faults stop the run; results still pass on
+            self._dicom_failed(e.__cause__ or e)
+            return e.outcomes
         if batch.last:
             self.finish_dicom()
         return outcomes
@@ -154,16 +160,17 @@ class Pipeline:
     def close_results(self) -> Path | None:
         """Write ``results.json`` (once), saying whether the run was complete; its path, or ``None``."""
         if self.results.closed:
-            return self.output_dir / "results.json"
+            return self._results_path
         reason = self.status.incomplete_reason
         try:
-            path = self.results.close(interrupted=reason)
+            path = self.results.close(interrupted=reason, reports_not_written=self.dicom.failed_studies)
         except (OSError, OutputError) as e:
             cause = e.__cause__ if isinstance(e.__cause__, OSError) else e
             why = getattr(cause, "strerror", None) or cause
             log.error("results.json not written (%s); %s holds every result recorded", why, self.results.partial)
             self.status.stop(f"results.json not written: {why}")  # the exit code must say so
             return None
+        self._results_path = path
         if reason:
             log.error("results: %s (%s); the run is NOT complete: %s", path, self.progress.summary(), reason)
         else:
@@ -178,16 +185,21 @@ class Pipeline:
         self.record(batch, outcomes)
         return outcomes
 
-    def close(self) -> Path | None:
-        """End the run: the SRs, then ``results.json`` (complete or not); its path, or ``None``."""
+    def close(self, all_inputs_read: bool = True) -> Path | None:
+        """End the run: the SRs, then ``results.json``; its path, or ``None`` when it could not be
+        written. ``all_inputs_read``: the caller gave every batch (else the run is not complete)."""
+        if all_inputs_read:
+            self.status.inputs_done = True
         self.finish_dicom()
         return self.close_results()
 
     def run(self, batches: Iterator[Batch]) -> Path | None:
-        """Every batch of ``batches`` (a :class:`BatchFeed` ends with the last batch), then :meth:`close`."""
-        for batch in batches:
+        """Every batch of ``batches`` (fed through a :class:`BatchFeed`, which stops reading when the
+        run stops), then :meth:`close`."""
+        feed = batches if isinstance(batches, BatchFeed) else BatchFeed(iter(batches), self.status)
+        for batch in feed:
             self.add(batch)
-        return self.close()
+        return self.close(all_inputs_read=False)  # the feed says whether every input was read
 
     def _dicom_failed(self, e: Exception) -> None:
         self._dicom_done = True  # nothing more is written

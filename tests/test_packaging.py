@@ -3,7 +3,6 @@ build context the packager copies, and the app starting from that layout as a MA
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -66,18 +65,3 @@ def test_broken_model_is_never_packaged(tiny_package, tmp_path):
     (pkg / "models/efficientnet_lite0.pt").write_bytes(b"oops")
     with pytest.raises(ModelPackageError):
         build_context(tmp_path / "map", pkg)
-
-
-@pytest.mark.parametrize("name", ["bodypart-identify.json", "bodypart-route-chest.json"])
-def test_workflow_examples_are_consistent(name):
-    wf = json.loads((ROOT / "app/workflows" / name).read_text())
-    ids = {t["id"] for t in wf["tasks"]}
-    exports = set(wf["informatics_gateway"]["export_destinations"])
-    for task in wf["tasks"]:
-        for dest in task.get("task_destinations", []):
-            assert dest["name"] in ids
-        for dest in task.get("export_destinations", []):
-            assert dest["name"] in exports
-    if name == "bodypart-identify.json":
-        docker = next(t for t in wf["tasks"] if t["type"] == "docker")
-        assert docker["args"]["command"] == "python3 /opt/holoscan/app"

@@ -79,7 +79,8 @@ def test_a_run_closed_before_its_last_batch_says_it_is_not_complete(ensemble, in
     pipeline = Pipeline(ensemble, out, inputs)
     feed = _feed(ensemble, inputs, pipeline)
     pipeline.add(feed.next())
-    pipeline.close()
+    pipeline.finish_dicom()  # DicomOutputsOperator.stop()
+    pipeline.close_results()  # ResultsWriterOperator.stop()
     doc = read_results(out)
     assert doc["complete"] is False and "interrupted" in doc["interrupted_reason"]
     assert len(doc["instances"]) == 2
@@ -96,3 +97,38 @@ def test_the_writers_and_the_typed_results_do_not_pull_torch_in():
             "print(sorted(m for m in ('torch', 'monai', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_add_and_close_without_a_feed_is_a_complete_run(ensemble, inputs, tmp_path):
+    out = tmp_path / "out"
+    pipeline = Pipeline(ensemble, out, inputs)
+    for batch in iter_batches(inputs, ensemble.package.preprocessing, 2, 0):
+        pipeline.add(batch)
+    assert pipeline.close() == out / "results.json"
+    assert read_results(out)["complete"] is True
+
+
+def test_a_header_nested_deep_still_crosses_to_the_writers(ensemble, corpus, tmp_path):
+    """Reader processes pickle the header they parsed; pickle recurses per nesting level, so a
+    sequence nested 120 deep (pydicom reads it) is dropped from the carried header, not the file."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(corpus / "dx_pelvis_ddh_1.dcm")
+    inner = Dataset()
+    inner.CodeMeaning = "leaf"
+    for _ in range(120):
+        outer = Dataset()
+        outer.ContentSequence = Sequence([inner])
+        inner = outer
+    ds.ContentSequence = inner.ContentSequence
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "deep.dcm", enforce_file_format=True)
+    out = tmp_path / "out"
+    pipeline = Pipeline(ensemble, out, folder)
+    pipeline.run(iter_batches(folder, ensemble.package.preprocessing, 2, workers=1))  # a reader process
+    (record,) = read_results(out)["instances"]
+    assert record["status"] == "classified", record["reason"]
+    assert record["outputs"]["sr"] and (out / record["outputs"]["sr"]).is_file()

@@ -26,9 +26,14 @@ def test_values_are_read():
     s = Settings.from_env({"BODYPART_DEVICE": "cpu", "BODYPART_STACKER": "xgboost", "BODYPART_BATCH_SIZE": "4",
                            "BODYPART_WORKERS": "0", "BODYPART_KEEP_UIDS": "1", "BODYPART_DICOM_OUTPUTS": "0",
                            "BODYPART_COMPILE": "1", "BODYPART_SCHEDULER": "greedy", "BODYPART_GPU_DECODE": "off",
-                           "BODYPART_REDUCED_DECODE": "0", "BODYPART_FOLLOW_LINKS": "1", "BODYPART_FILE_TIME_LIMIT": "30"})
+                           "BODYPART_REDUCED_DECODE": "0", "BODYPART_FOLLOW_LINKS": "1", "BODYPART_FILE_TIME_LIMIT": "30",
+                           "BODYPART_CORRECTED": "all", "BODYPART_SR_FOLDER": "/var/holoscan/sr",
+                           "BODYPART_DICOM_FOLDER": "copies"})
     assert s == Settings("cpu", "xgboost", 4, 0, DecodeOptions("off", reduced_resolution=False, follow_links=True, seconds_per_file=30.0),
-                         True, False, True, "greedy")
+                         keep_uids=True, dicom_outputs=False, corrected="all", sr_folder=Path("/var/holoscan/sr"),
+                         dicom_folder=Path("copies"), compile=True, scheduler="greedy")
+    assert s.folders(Path("/out")) == (Path("/var/holoscan/sr"), Path("/out/copies"))
+    assert Settings.from_env({}).folders(Path("/out")) == (Path("/out/sr"), Path("/out/dicom"))
     assert Settings.from_env({"BODYPART_FILE_TIME_LIMIT": "0"}).decode.seconds_per_file is None  # 0: no limit
 
 

@@ -28,7 +28,7 @@ def _images(evidence: list[Dataset], rng: np.random.Generator) -> list[ReportedI
         probs[CAT.names[0]] = 1e-7  # DS needs the exponent form
         probs[CAT.names[1]] = 0.123456789123456789  # and more digits than DS holds
         out.append(ReportedImage(
-            source=f"s{i}.dcm", sop_class_uid=ev.SOPClassUID, sop_instance_uid=ev.SOPInstanceUID,
+            series_number=i, instance_number=None if i % 3 else i, sop_class_uid=ev.SOPClassUID, sop_instance_uid=ev.SOPInstanceUID,
             frame=None if i % 2 == 0 else i, labels=labels[i % len(labels)], probabilities=probs,
             body_part_examined=None, needs_review=False, review_reason=None))
     return out

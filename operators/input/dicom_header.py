@@ -14,9 +14,11 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian
 
-from ..outcome import short_reason
+from ..outcome import ReportReference, short_reason
 from .discovery import InputError, os_reason
 
+#: Manufacturer (0008,0070) of the SRs this app writes: how an earlier result is recognised.
+OWN_MANUFACTURER = "bodypart-xr"
 #: Plain radiography: what the models are for.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
 #: Projection X-ray modalities read the same way, reported as such.
@@ -115,3 +117,13 @@ def selection_reason(ds: pydicom.Dataset) -> str | None:
         return "localizer image"
     return None
 
+
+
+def earlier_report(ds: pydicom.Dataset) -> ReportReference | None:
+    """The reference to ``ds`` when it is an SR this app wrote, else ``None``."""
+    if str(ds.get("Modality", "")).upper() != "SR" or str(ds.get("Manufacturer", "")) != OWN_MANUFACTURER:
+        return None
+    uids = [str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")]
+    if not all(UID(u).is_valid for u in uids):
+        return None
+    return ReportReference(*uids)

@@ -9,7 +9,7 @@ their own modules: :mod:`~operators.input.discovery` (walking and opening),
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -19,7 +19,7 @@ from pydicom.errors import BytesLengthException
 
 from ..outcome import InputOutcome, Status, short_reason
 from .decoding import DecodedPixels, DecodeError, decode_pixels, decode_reduced, transfer_syntax
-from .dicom_header import DX_LIKE_MODALITIES, read_dataset, selection_reason
+from .dicom_header import DX_LIKE_MODALITIES, earlier_report, read_dataset, selection_reason
 from .discovery import InputError, NotAnInput, iter_input_files, open_input, relative_source
 from .grey import DEFAULT_MAX_SIDE, to_grey
 from .image_limits import ImageLimits, check_image_header
@@ -32,6 +32,10 @@ if TYPE_CHECKING:  # nvImageCodec is optional: imported where a GPU decoder is m
 DAMAGED_ELEMENT = (NotImplementedError, BytesLengthException)
 #: Pixel data elements, dropped from the header a radiograph carries.
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: Sequences nested deeper than this are dropped from the carried header: it crosses process
+#: boundaries by pickle, which recurses per level, and what the writers copy (patient, study and
+#: series attributes) is never nested so deep; files nested deeper still are read and classified.
+MAX_CARRIED_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,9 @@ class Radiograph:
     """One display-ready grey radiograph (one frame of one file).
 
     ``image`` is float32, shape (rows, columns), values in [0, 1], bone bright. ``header`` is the
-    file's data set as read, without its pixel data: the writers copy from it instead of reading
-    the file again (the frames of one file share it).
+    file's data set as read, without its pixel data (:func:`carried_header`): the SR copies from it
+    instead of reading the file again (the frames of one file share it); a corrected copy still
+    reads the file, for the pixel data it copies.
     """
 
     source: str
@@ -171,12 +176,18 @@ def _open(path: Path, root: Path | None, follow_links: bool = False, limits: Ima
             ds, meta_missing = read_dataset(fh)
         reason = selection_reason(ds)
         if reason:
-            return FileRead([], _outcome(source, ds, Status.SKIPPED, reason))
+            earlier = earlier_report(ds)
+            if earlier is not None:
+                reason = "an earlier result of this app (SR): a new report of the study supersedes it"
+            return FileRead([], replace(_outcome(source, ds, Status.SKIPPED, reason), earlier_report=earlier))
         check_image_header(ds, limits)
         return _Opened(path, source, ds, meta_missing, identity)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as e:  # noqa: BLE001 - any fault of one file is that file's outcome
+        if ds is None and isinstance(e, InputError) and path.name.lower().endswith(".json"):
+            # the Informatics Gateway writes each instance's metadata beside it (NAME.dcm.json)
+            return FileRead([], _outcome(source, None, Status.SKIPPED, "JSON file, not DICOM (instance metadata)"))
         return FileRead([], _outcome(source, ds, *_failure(e, "reading")))
 
 
@@ -185,9 +196,7 @@ def _finish(o: _Opened, decoded: DecodedPixels | None, max_side: int | None, red
     ds, source = o.ds, o.source
     try:
         decoded = decoded or (decode_reduced(ds, max_side) if reduced_resolution else None) or decode_pixels(ds)
-        for keyword in PIXEL_KEYWORDS:  # decoded: the header travels on without them
-            if keyword in ds:
-                del ds[keyword]
+        carried_header(ds)
         modality = str(ds.Modality).upper()
         images = []
         for i, frame in enumerate(decoded.frames):
@@ -229,6 +238,30 @@ def _finish(o: _Opened, decoded: DecodedPixels | None, max_side: int | None, red
     except BaseException as e:  # noqa: BLE001 - any decoder plugin's own types, even a Rust panic
         # (pyo3's PanicException, from pylibjpeg-rle on a damaged stream, is not an Exception)
         return FileRead([], _outcome(source, ds, *_failure(e, "decoding")))
+
+
+def carried_header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` made into the header a radiograph carries, in place: without its pixel data (decoded
+    already) and without top-level sequences nested deeper than :data:`MAX_CARRIED_DEPTH`."""
+    for keyword in PIXEL_KEYWORDS:
+        if keyword in ds:
+            del ds[keyword]
+    for elem in list(ds):
+        if elem.VR == "SQ" and _depth(elem) > MAX_CARRIED_DEPTH:
+            del ds[elem.tag]
+    return ds
+
+
+def _depth(sequence) -> int:
+    """How deep sequences nest inside ``sequence`` (1: items without sequences), without recursion."""
+    deepest, stack = 0, [(sequence, 1)]
+    while stack:
+        elem, level = stack.pop()
+        deepest = max(deepest, level)
+        if level > MAX_CARRIED_DEPTH:
+            break
+        stack.extend((inner, level + 1) for item in elem.value for inner in item if inner.VR == "SQ")
+    return deepest
 
 
 def _failure(e: BaseException, doing: str) -> tuple[Status, str]:

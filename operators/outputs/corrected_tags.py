@@ -2,8 +2,10 @@
 from the classification, the replaced values kept in the Original Attributes Sequence.
 
 Pixel data is copied byte for byte (never decoded). By default the copy is a new instance in a
-derived series (new SOP Instance and Series Instance UIDs) so that it cannot silently replace the
-acquired image; ``keep_uids`` keeps both UIDs for PACS set to overwrite on re-send.
+derived series (SOP Instance and Series Instance UIDs derived from the source's and the model's
+checksum, :mod:`.uids`: a re-run gives the same copy) so that it cannot silently replace the
+acquired image; its Series Number is the source's plus :data:`SERIES_NUMBER_OFFSET`. ``keep_uids``
+keeps both UIDs (and the Series Number) for PACS set to overwrite on re-send.
 """
 
 from __future__ import annotations
@@ -15,21 +17,24 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import generate_uid
 
 from ..catalogue import SCT, AnatomyTerm
-from .output_files import write_atomically
 from ..input.dicom_header import read_dataset
+from .output_files import write_atomically
+from .uids import derived_uid
 
 MODIFYING_SYSTEM = "bodypart-xr"
+#: A corrected series is numbered the source's Series Number plus this, apart from the acquired
+#: series (which rarely reach 1000) and from the SRs (9901 and up, see :mod:`.sr`).
+SERIES_NUMBER_OFFSET = 1000
 #: Body Part Examined terms of paired structures: General Series Laterality (0020,0060) is Type 2C,
 #: required for these and not allowed for others (PS3.3 C.7.3.1; the list dicom3tools checks).
 PAIRED = frozenset({"ANKLE", "CLAVICLE", "ELBOW", "FINGER", "FOOT", "FOREARM", "HAND", "HIP", "KNEE", "LOWERLEG",
                     "LOWERLIMB", "NASOPHARYNX", "SHOULDER", "SIJOINT", "THIGH", "UPPERARM", "UPPERLIMB", "WRIST"})
 
 
-def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, keep_uids: bool = False,
-                      series_uid_map: dict[str, str] | None = None) -> Dataset:
+def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, model_checksum: str,
+                      keep_uids: bool = False) -> Dataset:
     """The corrected copy of ``source`` as a dataset (nothing is written).
 
     Parameters
@@ -39,9 +44,9 @@ def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, keep_uids
         leaves (0018,0015) as it was and sets only the Anatomic Region Sequence.
     algorithm
         Name and version for the modification record.
-    series_uid_map
-        Old -> new Series Instance UID, shared across calls so that copies of one series form one
-        derived series.
+    model_checksum
+        The model package's checksum: with the source's UIDs it gives the copy's UIDs, so copies
+        of one series form one derived series, the same in every run of the same model.
     """
     ds, _ = read_dataset(source)  # header-less files get their transfer syntax here
     if term.body_part_examined is None and term.sct_code is None:
@@ -72,10 +77,9 @@ def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, keep_uids
             source_ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
             ds.SourceImageSequence = Sequence([source_ref])
         ds.DerivationDescription = f"Body Part Examined and Anatomic Region corrected by {algorithm}"
-        mapping = series_uid_map if series_uid_map is not None else {}
-        old_series = str(ds.get("SeriesInstanceUID", ""))
-        ds.SeriesInstanceUID = mapping.setdefault(old_series, generate_uid())
-        ds.SOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = corrected_series_uid(str(ds.get("SeriesInstanceUID", "")), model_checksum)
+        ds.SOPInstanceUID = derived_uid("corrected-instance", model_checksum, str(ds.SOPInstanceUID))
+        ds.SeriesNumber = corrected_series_number(ds.get("SeriesNumber"))
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.SeriesDescription = (str(ds.get("SeriesDescription", "")) + " (body part corrected)").strip()[:64]
     if changed or not keep_uids:
@@ -89,6 +93,20 @@ def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, keep_uids
     _complete_file_meta(ds)
     _even_fragments(ds)
     return ds
+
+
+def corrected_series_uid(source_series_uid: str, model_checksum: str) -> str:
+    """The derived series that holds the corrected copies of one source series."""
+    return derived_uid("corrected-series", model_checksum, source_series_uid)
+
+
+def corrected_series_number(source_number) -> int:
+    """The corrected series' number: the source's plus :data:`SERIES_NUMBER_OFFSET` (an empty
+    or unreadable source number counts as 0)."""
+    try:
+        return int(source_number) + SERIES_NUMBER_OFFSET
+    except (TypeError, ValueError):
+        return SERIES_NUMBER_OFFSET
 
 
 def _even_fragments(ds: Dataset) -> None:

@@ -1,38 +1,52 @@
-"""DICOM outputs of a run: a corrected copy per classified image (``OUT/dicom/``) as results come,
-and a TID 1500 SR plus a plain-text SR per study (``OUT/sr/``) when the run ends."""
+"""DICOM outputs of a run: a corrected copy per confidently classified image (``OUT/dicom/``) as
+results come, and a TID 1500 SR plus a plain-text SR per study (``OUT/sr/``) when the run ends.
+
+What a PACS keeps once: the outputs' UIDs derive from the source UIDs and the model's checksum
+(:mod:`.uids`), an image met twice (the same SOP Instance UID in two files) is reported once, and
+an earlier SR of this app found among the inputs is named as the new report's predecessor.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import warnings
-
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Sequence
 
 import pydicom
+from pydicom.uid import ComprehensiveSRStorage, EnhancedSRStorage
 
 from ..catalogue import AnatomyTerm, Catalogue
-from .corrected_tags import corrected_dataset, write_corrected
-from ..outcome import InputOutcome
-from .output_files import fatal_output_error, write_atomically
-from ..input.processes import worker_context
 from ..input.discovery import file_identity
+from ..input.processes import worker_context
 from ..input.radiograph import Radiograph
-from .sr import Algorithm, ReportedImage, evidence_header, referenceable, text_report, tid1500_report
+from ..outcome import InputOutcome, ReportReference
+from .corrected_tags import SERIES_NUMBER_OFFSET, corrected_dataset, write_corrected
+from .output_files import fatal_output_error, write_atomically
+from .sr import (SERIES_NUMBER, Algorithm, ReportedImage, ReportIdentity, evidence_header, referenceable,
+                 text_report, tid1500_report)
+from .uids import derived_uid
 
 log = logging.getLogger("bodypart")
 
 #: Studies from which the SRs are built in a process pool (measured on 2 cores: 20 studies take
 #: 2.5 s in process and 4.3 s with a pool of 2).
 POOL_FROM_STUDIES = 50
+#: Which images get a corrected copy: ``confident`` (``needs_review`` false), ``all``, ``none``.
+CORRECTED_MODES = ("confident", "all", "none")
+
+
+def _safe(uid: str | None) -> str:
+    return re.sub(r"[^0-9A-Za-z.]", "_", uid or "unknown-study")
 
 
 @dataclass(frozen=True)
 class OutputRecord:
-    """Where one classified input's DICOM outputs went (paths relative to OUT), or why not.
+    """Where one classified input's DICOM outputs went (paths relative to OUT, or absolute when
+    the folder is outside OUT), or why not.
 
     ``corrected`` is ``None`` with ``corrected_reason`` when a copy was due but not written;
     ``sr``/``sr_text`` are ``None`` with ``sr_reason`` when the image is left out of its study's SR.
@@ -58,12 +72,26 @@ class OutputRecord:
         return data
 
 
-def _safe(uid: str | None) -> str:
-    return re.sub(r"[^0-9A-Za-z.]", "_", uid or "unknown-study")
+class OutputsStopped(RuntimeError):
+    """The output folder failed in the middle of a batch (``__cause__`` says how); ``outcomes``
+    are the batch's, those handled before the fault with their records."""
+
+    def __init__(self, outcomes: list[InputOutcome]):
+        super().__init__("DICOM outputs stopped")
+        self.outcomes = outcomes
+
+
+@dataclass
+class _Study:
+    """What one study's SRs are built from, gathered as its images pass."""
+
+    entries: list[tuple[ReportedImage, pydicom.Dataset]]
+    series_numbers: set[int]
+    earlier: list[ReportReference]
 
 
 class DicomOutputs:
-    """Writes corrected copies and per-study SRs; adds their paths (relative to OUT) to outcomes.
+    """Writes corrected copies and per-study SRs; returns each classified outcome with its :class:`OutputRecord`.
 
     Parameters
     ----------
@@ -72,53 +100,114 @@ class DicomOutputs:
     keep_uids
         Keep SOP Instance and Series Instance UIDs in corrected copies (for PACS that overwrite);
         by default copies are new instances of a derived series.
+    corrected
+        Which images get a corrected copy (:data:`CORRECTED_MODES`): by default only those whose
+        result needs no review, so a router acting on the copies never spreads an uncertain one.
+    reports
+        Write the per-study SRs (they carry every result, confident or not).
     workers
         Processes that build the SRs at :meth:`close` (1: in this process).
+    sr_dir, corrected_dir
+        Where SRs and corrected copies go (default ``OUT/sr`` and ``OUT/dicom``); separate folders
+        let a Workflow Manager export each on its own.
     """
 
     def __init__(self, output_dir: Path, algorithm: Algorithm, catalogue: Catalogue, keep_uids: bool = False,
-                 corrected: bool = True, reports: bool = True, workers: int = 1):
+                 corrected: str = "confident", reports: bool = True, workers: int = 1, sr_dir: Path | None = None,
+                 corrected_dir: Path | None = None):
+        if corrected not in CORRECTED_MODES:
+            raise ValueError(f"corrected must be one of {', '.join(CORRECTED_MODES)}, not {corrected!r}")
         self.workers = workers
         self.output_dir = Path(output_dir)
+        self.sr_dir = Path(sr_dir) if sr_dir else self.output_dir / "sr"
+        self.corrected_dir = Path(corrected_dir) if corrected_dir else self.output_dir / "dicom"
         self.algorithm, self.catalogue, self.keep_uids = algorithm, catalogue, keep_uids
-        self.write_corrected, self.write_reports = corrected, reports
-        self.series_map: dict[str, str] = {}
-        #: per study: each image's result and its source header as the SR copies it (read once, when
-        #: the image is added: a source that changes or vanishes later cannot break its study's SR)
-        self.studies: dict[str, list[tuple[ReportedImage, pydicom.Dataset]]] = {}
-        self._last: tuple[pydicom.Dataset | None, pydicom.Dataset | None, str | None] | None = None  # the last file's
+        self.corrected_mode, self.write_reports = corrected, reports
+        #: per study: each image's result and its source header as the SR copies it (copied once
+        #: from the header the reader parsed: a source that changes later cannot break the SR)
+        self.studies: dict[str, _Study] = {}
+        #: (SOP Instance UID, frame) -> the source that first brought it
+        self._seen: dict[tuple[str, int | None], str] = {}
+        #: the last file's carried header, its SR copy and the reason it has none
+        self._last: tuple[pydicom.Dataset | None, pydicom.Dataset | None, str | None] | None = None
+        #: studies whose SRs could not be written, with the reason (results.json lists them)
+        self.failed_studies: dict[str, str] = {}
+
+    @property
+    def write_corrected(self) -> bool:
+        return self.corrected_mode != "none"
+
+    def _study(self, uid: str | None) -> _Study:
+        return self.studies.setdefault(uid or "", _Study([], set(), []))
 
     def sr_paths(self, study_uid: str | None) -> dict[str, str]:
         name = _safe(study_uid)
-        return {"sr": f"sr/{name}_tid1500.dcm", "sr_text": f"sr/{name}_text.dcm"}
+        return {"sr": self._shown(self.sr_dir / f"{name}_tid1500.dcm"), "sr_text": self._shown(self.sr_dir / f"{name}_text.dcm")}
+
+    def _shown(self, path: Path) -> str:
+        """``path`` as results name it: relative to OUT (POSIX), or absolute outside OUT."""
+        try:
+            return path.relative_to(self.output_dir).as_posix()
+        except ValueError:
+            return path.as_posix()
 
     def add(self, items: Sequence[Radiograph | InputOutcome], outcomes: Sequence[InputOutcome]) -> list[InputOutcome]:
         """Handle one batch: ``items`` as the loader gave them, ``outcomes`` aligned with them.
 
         Returns the outcomes, each classified one with its :class:`OutputRecord`.
         """
-        return [self._add(item, outcome) if isinstance(item, Radiograph) and outcome.classification is not None
-                else outcome for item, outcome in zip(items, outcomes)]
+        out: list[InputOutcome] = []
+        try:
+            for item, outcome in zip(items, outcomes):
+                if isinstance(item, Radiograph) and outcome.classification is not None:
+                    outcome = self._add(item, outcome)
+                elif outcome.earlier_report is not None:
+                    self._study(outcome.earlier_report.study_instance_uid).earlier.append(outcome.earlier_report)
+                out.append(outcome)
+        except Exception as e:
+            raise OutputsStopped(out + list(outcomes[len(out):])) from e
+        return out
 
     def _add(self, item: Radiograph, outcome: InputOutcome) -> InputOutcome:
         c = outcome.classification
+        study = self._study(item.study_instance_uid)
+        header = item.header if item.header is not None else pydicom.Dataset()
+        series_number = _int(header.get("SeriesNumber"))
+        if series_number is not None:
+            study.series_numbers.add(series_number)
+        key = (item.sop_instance_uid, item.frame)
+        if item.sop_instance_uid and key in self._seen:
+            # a second file with the same image: the PACS holds one, so do the outputs
+            why = f"another input has the same SOP Instance UID ({self._seen[key]})"
+            return replace(outcome, outputs=OutputRecord(corrected_attempted=self.write_corrected,
+                                                        corrected_reason=f"not written: {why}" if self.write_corrected else None,
+                                                        sr_reason=f"not in the SR: {why}" if self.write_reports else None))
+        if item.sop_instance_uid:
+            self._seen[key] = item.source
         record = OutputRecord()
         if self.write_corrected:
-            record = replace(record, corrected_attempted=True, **self._corrected(item, c.term))
+            if self.corrected_mode == "confident" and c.needs_review:
+                result = {"corrected_reason": "not written: the result needs review (setting corrected: all writes it)"}
+            else:
+                result = self._corrected(item, c.term)
+            record = replace(record, corrected_attempted=True, **result)
+            if result.get("corrected") and not self.keep_uids:
+                study.series_numbers.add((series_number or 0) + SERIES_NUMBER_OFFSET)
         if self.write_reports:
             image = ReportedImage(
-                source=item.source, sop_class_uid=item.info.sop_class_uid or "", sop_instance_uid=item.sop_instance_uid or "",
+                series_number=series_number, instance_number=_int(header.get("InstanceNumber")),
+                sop_class_uid=item.info.sop_class_uid or "", sop_instance_uid=item.sop_instance_uid or "",
                 frame=item.frame, labels=c.labels, probabilities=dict(c.probabilities),
                 body_part_examined=c.body_part_examined, needs_review=c.needs_review, review_reason=c.review_reason,
             )
             if not referenceable(image):
                 record = replace(record, sr_reason="not in the SR: the source's SOP Class or Instance UID is not a valid UID")
             else:
-                header, reason = self._evidence(item)
-                if header is None:
+                evidence, reason = self._evidence(item)
+                if evidence is None:
                     record = replace(record, sr_reason=reason)
                 else:
-                    self.studies.setdefault(item.study_instance_uid or "", []).append((image, header))
+                    study.entries.append((image, evidence))
                     paths = self.sr_paths(item.study_instance_uid)
                     record = replace(record, sr=paths["sr"], sr_text=paths["sr_text"])
         return replace(outcome, outputs=record)
@@ -126,7 +215,7 @@ class DicomOutputs:
     def _evidence(self, item: Radiograph) -> tuple[pydicom.Dataset | None, str | None]:
         """The header the SR copies, made once per file from the one the reader parsed: the frames
         of a multi-frame file come one after another and share it."""
-        if self._last is not None and self._last[0] is item.header:
+        if item.header is not None and self._last is not None and self._last[0] is item.header:
             return self._last[1], self._last[2]
         header, reason = _evidence_or_reason(item)
         self._last = (item.header, header, reason)
@@ -138,26 +227,43 @@ class DicomOutputs:
             return {}  # one copy per file; frames of one file share its header
         if term is None:
             return {"corrected_reason": "no anatomy term for these labels"}
-        rel = PurePosixPath("dicom") / item.source
-        if rel.suffix.lower() != ".dcm":
-            rel = rel.with_name(rel.name + ".dcm")
+        path = self.corrected_dir / item.source
+        if path.suffix.lower() != ".dcm":
+            path = path.with_name(path.name + ".dcm")
         if item.file_identity is not None and file_identity(item.path) != item.file_identity:
             # the copy carries the file's pixels again: they must be the ones classified
             log.warning("%s: corrected copy not written (source changed after reading)", item.source)
             return {"corrected_reason": "not written: the source file changed or vanished after it was read"}
         try:
             ds = corrected_dataset(item.path, term, f"{self.algorithm.model_name} {self.algorithm.model_version}",
-                                   keep_uids=self.keep_uids, series_uid_map=self.series_map)
-            write_corrected(ds, self.output_dir / rel)
+                                   self.algorithm.model_sha256, keep_uids=self.keep_uids)
+            write_corrected(ds, path)
         except Exception as e:  # noqa: BLE001 - one file's copy never stops the run; a full disk does
-            fatal = fatal_output_error(e, self.output_dir / rel)
+            fatal = fatal_output_error(e, path)
             if fatal is not None:
                 raise fatal from e
             # The message may quote attribute values: keep it out of the log unless debugging.
             log.warning("%s: corrected copy not written (%s)", item.source, type(e).__name__)
             log.debug("%s: %s", item.source, e)
             return {"corrected_reason": f"not written: {e}"}
-        return {"corrected": rel.as_posix()}
+        return {"corrected": self._shown(path)}
+
+    def identities(self, study_uid: str) -> dict[str, ReportIdentity]:
+        """The UIDs, Series Numbers and predecessors of one study's two SRs: the same images and
+        model give the same UIDs; Series Numbers from 9901 up that no series of the study uses."""
+        study = self.studies[study_uid]
+        checksum = self.algorithm.model_sha256
+        images = sorted(f"{img.sop_instance_uid}/{img.frame}" for img, _ in study.entries)
+        taken, out = set(study.series_numbers), {}
+        for key, sop_class in (("sr", ComprehensiveSRStorage), ("sr_text", EnhancedSRStorage)):
+            number = SERIES_NUMBER
+            while number in taken:
+                number += 1
+            taken.add(number)
+            uid = derived_uid(f"{key}-instance", checksum, study_uid, *images)
+            earlier = tuple(e for e in study.earlier if e.sop_class_uid == sop_class and e.sop_instance_uid != uid)
+            out[key] = ReportIdentity(derived_uid(f"{key}-series", checksum, study_uid), uid, number, earlier)
+        return out
 
     def close(self) -> list[Path]:
         """Write the SRs of every study seen, in ``workers`` processes when there are many; return their paths.
@@ -167,7 +273,8 @@ class DicomOutputs:
         there are enough to repay the pool's start-up (about 2 s: imports in every process).
         """
         workers = self.workers
-        jobs = [(self.sr_paths(study or None), study, entries) for study, entries in self.studies.items()]
+        jobs = [(self.sr_paths(uid or None), uid, study.entries, self.identities(uid))
+                for uid, study in self.studies.items() if study.entries]
         written: list[Path] = []
         step = max(1, len(jobs) // 10)
 
@@ -176,6 +283,7 @@ class DicomOutputs:
             written.extend(paths)
             if error:
                 log.error("study %s: SR not written (%s; details at debug level)", study or "unknown", error)
+                self.failed_studies[study] = f"SRs not written: {error}"
             if len(jobs) >= 20 and (done % step == 0 or done == len(jobs)):
                 log.info("structured reports: %d/%d studies", done, len(jobs))
 
@@ -191,8 +299,9 @@ class DicomOutputs:
         return sorted(written)
 
 
-def write_study_reports(paths: dict[str, str], study: str, entries: list[tuple[ReportedImage, Path]], output_dir: Path,
-                        algorithm: Algorithm, catalogue: Catalogue) -> tuple[list[Path], str, str | None]:
+def write_study_reports(paths: dict[str, str], study: str, entries: list[tuple[ReportedImage, pydicom.Dataset]],
+                        identities: dict[str, ReportIdentity], output_dir: Path, algorithm: Algorithm,
+                        catalogue: Catalogue) -> tuple[list[Path], str, str | None]:
     """Build and write one study's TID 1500 and text SRs (picklable in and out, for worker processes).
 
     Returns the paths written, the study, and the error type name when they could not be written
@@ -205,8 +314,8 @@ def write_study_reports(paths: dict[str, str], study: str, entries: list[tuple[R
             warnings.filterwarnings("ignore", message=".*person name.*")
             evidence = _unique_evidence(header for _, header in entries)
             images = [img for img, _ in entries]
-            for key, build in (("sr", lambda: tid1500_report(images, evidence, algorithm, catalogue)),
-                               ("sr_text", lambda: text_report(images, evidence, algorithm))):
+            for key, build in (("sr", lambda: tid1500_report(images, evidence, algorithm, catalogue, identities["sr"])),
+                               ("sr_text", lambda: text_report(images, evidence, algorithm, identities["sr_text"]))):
                 report = build()
                 written.append(write_atomically(Path(output_dir) / paths[key], lambda fh: report.save_as(fh, enforce_file_format=True)))
     except Exception as e:  # noqa: BLE001 - one study's SR never stops the others; a full disk does
@@ -216,6 +325,13 @@ def write_study_reports(paths: dict[str, str], study: str, entries: list[tuple[R
         log.debug("study %s: %s", study or "unknown", e)
         return written, study, type(e).__name__
     return written, study, None
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _evidence_or_reason(item: Radiograph) -> tuple[pydicom.Dataset | None, str | None]:

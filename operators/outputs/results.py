@@ -75,8 +75,10 @@ class ResultsWriter:
             self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
             self.needs_review += bool(record["status"] == "classified" and record["needs_review"])
 
-    def close(self, interrupted: str | None = None) -> Path:
+    def close(self, interrupted: str | None = None, reports_not_written: dict[str, str] | None = None) -> Path:
         """Write ``results.json`` (streamed from the JSONL, so memory stays flat, and atomically).
+
+        ``reports_not_written``: study UID -> why its SRs are missing (known only at the end).
 
         Raises
         ------
@@ -96,6 +98,8 @@ class ResultsWriter:
             "complete": interrupted is None,
             "interrupted_reason": interrupted,
             "summary": {**self.counts, "needs_review": self.needs_review},
+            "reports_not_written": [{"study_instance_uid": study, "reason": reason}
+                                    for study, reason in sorted((reports_not_written or {}).items())],
         }
 
         def write(out) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,15 +24,19 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from . import sr_content as sc
 from ..catalogue import SCT, Catalogue
+from ..outcome import ReportReference
+from ..input.dicom_header import OWN_MANUFACTURER
+from . import sr_content as sc
+
+log = logging.getLogger("bodypart")
 
 #: SNOMED CT 363680008 |Radiographic imaging procedure|
 RADIOGRAPHY = Code("363680008", SCT, "Radiographic imaging procedure")
 #: LOINC 18748-4 Diagnostic imaging report: root of the plain-text SR
 IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")
-SERIES_NUMBER = 9901  # high, so viewers list our series after the acquired ones
-MANUFACTURER = "bodypart-xr"
+SERIES_NUMBER = 9901  # high, so viewers list our series after the acquired ones (the text SR: 9902)
+MANUFACTURER = OWN_MANUFACTURER
 
 #: Type 2 attributes (present, may be empty) of modules the SR copies from the source images; old
 #: or anonymised sources often lack them, and an SR must not inherit that gap.
@@ -41,9 +46,11 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
 
 @dataclass(frozen=True)
 class ReportedImage:
-    """What the SR says about one classified image."""
+    """What the SR says about one classified image (UIDs and numbers only: file names can carry
+    patient names, so they stay out of the report)."""
 
-    source: str
+    series_number: int | None
+    instance_number: int | None
     sop_class_uid: str
     sop_instance_uid: str
     frame: int | None
@@ -80,7 +87,11 @@ def evidence_header(source: "pydicom.Dataset | str | Path") -> pydicom.Dataset:
 
     Type 2 attributes the source lacks become empty; dates and times that do not parse (seen in
     anonymised archives: hashes in Study Date, day 31 of February) become empty rather than make
-    the report invalid; strings longer than their VR allows are cut to length.
+    the report invalid; strings longer than their VR allows are cut to length, except the keys a
+    RIS or PACS matches on (:data:`MATCHING_KEYS`), which stay as the images have them. Text in a
+    source without Specific Character Set is ASCII by the standard: a value with other bytes
+    cannot be decoded right, so it is left empty (and the attribute's name logged) rather than
+    written garbled into the UTF-8 report. Patient Sex other than M, F or O is left empty.
     """
     if isinstance(source, pydicom.Dataset):
         ds = copy.deepcopy(source)
@@ -97,13 +108,19 @@ def evidence_header(source: "pydicom.Dataset | str | Path") -> pydicom.Dataset:
     for keyword in _TYPE3_SEQUENCES:  # present but empty is invalid for Type 3: drop instead
         if keyword in ds and not ds[keyword].value:
             del ds[keyword]
+    undeclared = not str(ds.get("SpecificCharacterSet", "") or "").strip()
     for elem in list(ds):
-        if elem.VR in _DATE_PARSERS and elem.value not in (None, ""):
+        if undeclared and elem.VR in _TEXT_VRS and not _ascii(elem.value):
+            log.warning("source %s: %s has non-ASCII bytes but no Specific Character Set: left empty in the SR",
+                        ds.get("SOPInstanceUID", "?"), elem.keyword or elem.tag)
+            ds[elem.tag].value = ""
+        elif elem.VR in _DATE_PARSERS and elem.value not in (None, ""):
             try:
                 _DATE_PARSERS[elem.VR](str(elem.value))
             except (ValueError, TypeError):
                 ds[elem.tag].value = ""
-        elif elem.VR in _MAX_LEN and isinstance(elem.value, str) and len(elem.value) > _MAX_LEN[elem.VR]:
+        elif (elem.VR in _MAX_LEN and elem.keyword not in MATCHING_KEYS and isinstance(elem.value, str)
+              and len(elem.value) > _MAX_LEN[elem.VR]):
             ds[elem.tag].value = elem.value[: _MAX_LEN[elem.VR]]
     return ds
 
@@ -115,6 +132,15 @@ _DATE_PARSERS = {
     "DT": lambda v: pydicom.valuerep.DT(v.strip()),
 }
 _MAX_LEN = {"SH": 16, "LO": 64, "CS": 16, "AE": 16}
+#: Values a RIS or PACS matches the report to its study by: copied as they are, even when longer
+#: than their VR allows (the corrected copies keep them so too).
+MATCHING_KEYS = frozenset({"AccessionNumber", "PatientID", "StudyID"})
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+
+
+def _ascii(value) -> bool:
+    values = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    return all(str(v).isascii() for v in values if v is not None)
 
 
 def referenceable(img: ReportedImage) -> bool:
@@ -212,8 +238,32 @@ class EncodedReport:
         return pydicom.dcmread(buf)
 
 
+@dataclass(frozen=True)
+class ReportIdentity:
+    """Where one SR goes: its UIDs and Series Number (derived by the caller, see :mod:`.uids`)
+    and the earlier reports it supersedes (Predecessor Documents Sequence)."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    series_number: int
+    predecessors: tuple[ReportReference, ...] = ()
+
+    def previous_versions(self) -> list[pydicom.Dataset] | None:
+        out = []
+        for ref in self.predecessors:
+            ds = pydicom.Dataset()
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = ref.study_instance_uid, ref.series_instance_uid
+            ds.SOPInstanceUID, ds.SOPClassUID = ref.sop_instance_uid, ref.sop_class_uid
+            out.append(ds)
+        return out or None
+
+
+def _identity(identity: ReportIdentity | None, number: int) -> ReportIdentity:
+    return identity or ReportIdentity(generate_uid(), generate_uid(), number)
+
+
 def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Dataset], algorithm: Algorithm,
-                   catalogue: Catalogue, series_instance_uid: str | None = None) -> EncodedReport:
+                   catalogue: Catalogue, identity: ReportIdentity | None = None) -> EncodedReport:
     """A TID 1500 Measurement Report over the images of one study.
 
     highdicom builds the document from the root's first items; the Imaging Measurements (most
@@ -226,11 +276,13 @@ def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.D
     if missing:
         raise ValueError(f"no evidence for {len(missing)} referenced image(s): {sorted(missing)[:3]}")
     first = root_items(algorithm)
+    identity = _identity(identity, SERIES_NUMBER)
     sr = hd.sr.ComprehensiveSR(
         evidence=list(evidence), specific_character_set="ISO_IR 192",
         content=sc.as_dataset(sc.container(codes.DCM.ImagingMeasurementReport, first, template="1500")),
-        series_instance_uid=series_instance_uid or generate_uid(), series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        series_instance_uid=identity.series_instance_uid, series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid, instance_number=1, manufacturer=MANUFACTURER,
+        previous_versions=identity.previous_versions(),
         series_description="Body part identification (AI, TID 1500)", is_complete=True,
         content_date=dt.date.today(), content_time=dt.datetime.now().time(),
     )
@@ -239,16 +291,20 @@ def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.D
 
 
 def result_text(img: ReportedImage) -> str:
-    """One human line per image: what a radiologist reads in the viewer."""
+    """One human line per image: what a radiologist reads in the viewer, the image named by its
+    Series and Instance Numbers and its UID."""
     shown = ", ".join(f"{l} {img.probabilities.get(l, 0):.0%}" for l in img.labels) or "no body part identified"
     term = f"; Body Part Examined {img.body_part_examined}" if img.body_part_examined else ""
     review = f". NEEDS REVIEW: {img.review_reason}" if img.needs_review else ""
-    frame = f" frame {img.frame + 1}" if img.frame is not None else ""
-    return f"{img.source}{frame}: {shown}{term}{review}"
+    where = " ".join(part for part in (
+        f"series {img.series_number}" if img.series_number is not None else "",
+        f"image {img.instance_number}" if img.instance_number is not None else "",
+        f"frame {img.frame + 1}" if img.frame is not None else "") if part)
+    return f"{(where + ': ') if where else ''}{shown}{term}{review} (SOP Instance UID {img.sop_instance_uid})"
 
 
 def text_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Dataset], algorithm: Algorithm,
-                series_instance_uid: str | None = None) -> hd.sr.EnhancedSR:
+                identity: ReportIdentity | None = None) -> hd.sr.EnhancedSR:
     """The same result as plain text (an Enhanced SR with TEXT items)."""
     root = hd.sr.ContainerContentItem(name=IMAGING_REPORT, template_id=None)
     items = [hd.sr.TextContentItem(
@@ -259,10 +315,12 @@ def text_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Data
         value=f"{algorithm.model_name} {algorithm.model_version} ({MANUFACTURER} {algorithm.app_version}); "
               "AI result, to be confirmed by a person"))
     root.ContentSequence = hd.sr.ContentSequence(items)
+    identity = _identity(identity, SERIES_NUMBER + 1)
     return hd.sr.EnhancedSR(
         evidence=list(evidence), specific_character_set="ISO_IR 192", content=root,
-        series_instance_uid=series_instance_uid or generate_uid(), series_number=SERIES_NUMBER + 1,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        series_instance_uid=identity.series_instance_uid, series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid, instance_number=1, manufacturer=MANUFACTURER,
+        previous_versions=identity.previous_versions(),
         series_description="Body part identification (AI, text)", is_complete=True,
         content_date=dt.date.today(), content_time=dt.datetime.now().time(),
     )

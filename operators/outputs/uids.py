@@ -1,0 +1,29 @@
+"""UIDs of the app's outputs, derived from what they describe, so that a re-run writes the same objects.
+
+A PACS keeps one copy of a SOP Instance UID: the same model on the same study gives the same SR
+and corrected-copy UIDs, so running again (a retried workflow, a re-sent study) adds nothing. A
+new model (another checksum) gives new UIDs, and its SR names the earlier one as predecessor.
+
+UIDs are in the ``2.25`` form (PS3.5 B.2: a UUID as a decimal integer) with a name-based UUID
+(RFC 4122 version 5, ITU-T X.667) of the named sources, so no organisation root is needed and
+none can collide with another product's. (pydicom's ``generate_uid(prefix=None)`` is random
+whatever its entropy sources: it cannot derive.)
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pydicom.uid import UID
+
+#: The UUID namespace of this product's derived UIDs.
+NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/bodypart-xr/bodypart-xr/uids")
+
+
+def derived_uid(kind: str, model_checksum: str, *sources: str) -> UID:
+    """The UID of output ``kind`` (``"sr-instance"``, ``"corrected-instance"``, ...) made by the model
+    with ``model_checksum`` from ``sources`` (source UIDs, in a fixed order)."""
+    if not model_checksum:
+        raise ValueError("a derived UID needs the model's checksum")
+    name = "\x00".join([kind, model_checksum, *sources])  # a separator no UID holds: no two lists give one name
+    return UID(f"2.25.{uuid.uuid5(NAMESPACE, name).int}")
