@@ -14,7 +14,9 @@ Commands:
   inspect   read a folder of DICOM files with the input stage alone: which files are
             radiographs, how each was decoded, and a contact sheet of the grey images
   demo      run the app on bundled sample radiographs (from the pydicom-data package)
-  run       run the app (same as `python -m app -i IN -o OUT -m MODELS`)
+  run       run the app (same as `python -m app -i IN -o OUT -m MODELS`), or on a study pulled
+            from a DICOMweb server (--from-dicomweb URL --study UID), results sent on (--send-to)
+  send      send a run's SRs and corrected copies to a DICOMweb server or a DICOM node
   train     train, evaluate and export a model package from labelled radiographs
   map-context
             lay out the MONAI Application Package build context (then `monai-deploy package`)
@@ -45,9 +47,15 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "Classify every radiograph under INPUT; write OUTPUT/results.json, OUTPUT/sr (structured reports), "
         "OUTPUT/dicom (corrected copies) and OUTPUT/results.png. Each setting below overrides app.yaml's "
         "bodypart: section, as its BODYPART_* environment variable does."))
-    p.add_argument("-i", "--input", type=Path, required=True, help="a DICOM file or a folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("-i", "--input", type=Path, help="a DICOM file or a folder")
+    source.add_argument("--from-dicomweb", metavar="URL", help="DICOMweb base URL to pull --study from (QIDO-RS, WADO-RS)")
+    p.add_argument("--study", metavar="UID", help="Study Instance UID to pull (with --from-dicomweb)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("-m", "--models", type=Path, help="model package (default: the shipped default)")
+    p.add_argument("--send-to", metavar="URL|AE@HOST:PORT", help="send the SRs and corrected copies there when the run "
+                   "has completed (STOW-RS to a DICOMweb URL, C-STORE to a DICOM node)")
+    _add_network_options(p)
     from app.settings import OPTIONS
 
     settings = p.add_argument_group("settings (app/settings.py; checked by the app)")
@@ -81,6 +89,21 @@ def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dic
     return 0
 
 
+def _run_pulled(args, auth, log, overrides: dict[str, str]) -> int:
+    """Pull ``args.study`` from ``args.from_dicomweb`` into a temporary folder and run the app on it."""
+    import tempfile
+
+    from operators.dicom_network import NetworkError, pull_study
+
+    with tempfile.TemporaryDirectory(prefix="bodypart-pull-") as tmp:
+        try:
+            pull_study(args.from_dicomweb, args.study, Path(tmp), auth, timeout=args.timeout)
+        except NetworkError as e:
+            log.error("%s", e)
+            return 1
+        return _run_app(Path(tmp), args.output, args.models, log, overrides)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train, evaluate and export a model package", description=(
         "Train every member of CONFIG on labelled data, fit the stackers and thresholds on the validation "
@@ -103,6 +126,56 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
 
 
+def _add_send(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("send", help="send a run's DICOM outputs", description=(
+        "Send the SRs and corrected copies that OUTPUT/results.json lists, SRs first, one instance at a time. "
+        "Instances that could not be sent are named; the files stay in OUTPUT."))
+    p.add_argument("output", type=Path, help="a run's output folder")
+    p.add_argument("--to", required=True, metavar="URL|AE@HOST:PORT", help="DICOMweb base URL (STOW-RS) or DICOM node (C-STORE)")
+    _add_network_options(p)
+
+
+def _add_network_options(p: argparse.ArgumentParser) -> None:
+    net = p.add_argument_group("DICOM networking (credentials from the environment: not on the command line)")
+    net.add_argument("--timeout", type=float, default=30.0, help="seconds a connection or answer may take (default: %(default)s)")
+    net.add_argument("--calling-ae", default="BODYPART", help="our AE title for C-STORE (default: %(default)s)")
+    net.add_argument("--dicomweb-user", help="HTTP basic user; the password comes from BODYPART_DICOMWEB_PASSWORD "
+                     "(a bearer token from BODYPART_DICOMWEB_TOKEN instead)")
+
+
+def _network(args, log) -> tuple | int:
+    """The auth and destination of ``args``; an exit code when they do not fit."""
+    import os
+
+    from operators.dicom_network import Destination, DicomwebAuth
+
+    try:
+        auth = DicomwebAuth(token=os.environ.get("BODYPART_DICOMWEB_TOKEN") or None, user=args.dicomweb_user,
+                            password=os.environ.get("BODYPART_DICOMWEB_PASSWORD") or None)
+        target = getattr(args, "send_to", None) or getattr(args, "to", None)
+        destination = Destination.parse(target) if target else None
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    return auth, destination
+
+
+def _send(output: Path, destination, auth, args, log) -> int:
+    from operators.dicom_network import NetworkError, result_files, send_files
+
+    try:
+        files = result_files(output)
+        if not files:
+            log.warning("%s: no SR or corrected copy to send", output)
+            return 0
+        report = send_files(files, destination, auth, timeout=args.timeout, calling_ae=args.calling_ae)
+    except NetworkError as e:
+        log.error("%s; nothing was sent, the files stay in %s", e, output)
+        return 1
+    (log.info if report.ok else log.error)("%s", report.summary())
+    return 0 if report.ok else 1
+
+
 def _add_map(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("map-context", help="lay out the MAP build context", description=(
         "Create DEST with app/ (a self-contained application folder), app.yaml and models/, and print the "
@@ -119,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_demo(sub)
     _add_run(sub)
     _add_train(sub)
+    _add_send(sub)
     _add_map(sub)
     args = parser.parse_args(argv)
     if not args.command:
@@ -146,7 +220,26 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {o.env: str(getattr(args, f"setting_{o.key}")) for o in OPTIONS
                      if getattr(args, f"setting_{o.key}") is not None}
-        return _run_app(args.input, args.output, args.models, log, overrides)
+        network = _network(args, log)
+        if isinstance(network, int):
+            return network
+        auth, destination = network
+        if args.from_dicomweb:
+            if not args.study:
+                log.error("--from-dicomweb needs --study UID")
+                return 2
+            code = _run_pulled(args, auth, log, overrides)
+        else:
+            code = _run_app(args.input, args.output, args.models, log, overrides)
+        if code != 0 or destination is None:
+            return code
+        return _send(args.output, destination, auth, args, log)
+    elif args.command == "send":
+        network = _network(args, log)
+        if isinstance(network, int):
+            return network
+        auth, destination = network
+        return _send(args.output, destination, auth, args, log)
     elif args.command == "train":
         from training.config import TrainConfig
         from training.data import DataError

@@ -19,6 +19,8 @@ from .discovery import InputError, os_reason
 
 #: Manufacturer (0008,0070) of the SRs this app writes: how an earlier result is recognised.
 OWN_MANUFACTURER = "bodypart-xr"
+#: Derivation Description (0008,2111) of this app's corrected copies (in a derived series).
+CORRECTED_DERIVATION = "Body Part Examined and Anatomic Region corrected by"
 #: Plain radiography: what the models are for.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
 #: Projection X-ray modalities read the same way, reported as such.
@@ -115,6 +117,9 @@ def selection_reason(ds: pydicom.Dataset) -> str | None:
     image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
     if "LOCALIZER" in image_type:
         return "localizer image"
+    if str(ds.get("DerivationDescription", "") or "").startswith(CORRECTED_DERIVATION):
+        # a study pulled back from the PACS holds the copies of an earlier run: its source is here too
+        return "a corrected copy this app wrote earlier (its source image is classified instead)"
     return None
 
 

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
 from ..catalogue import SCT, AnatomyTerm
-from ..input.dicom_header import read_dataset
+from ..input.dicom_header import CORRECTED_DERIVATION, read_dataset
 from .output_files import write_atomically
 from .uids import derived_uid
 
@@ -76,7 +76,7 @@ def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, model_che
             source_ref.ReferencedSOPClassUID = ds.SOPClassUID
             source_ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
             ds.SourceImageSequence = Sequence([source_ref])
-        ds.DerivationDescription = f"Body Part Examined and Anatomic Region corrected by {algorithm}"
+        ds.DerivationDescription = f"{CORRECTED_DERIVATION} {algorithm}"
         ds.SeriesInstanceUID = corrected_series_uid(str(ds.get("SeriesInstanceUID", "")), model_checksum)
         ds.SOPInstanceUID = derived_uid("corrected-instance", model_checksum, str(ds.SOPInstanceUID))
         ds.SeriesNumber = corrected_series_number(ds.get("SeriesNumber"))
