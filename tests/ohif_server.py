@@ -180,19 +180,65 @@ def _handler(server: OhifServer):
             try:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 reply = conn.getresponse()
-                data = reply.read()  # de-chunked; sent on with a length
-                self._failed(reply.status)
-                self.send_response(reply.status)
-                for k, v in reply.getheaders():
-                    if k.lower() not in _HOP_BY_HOP:
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+                status, reply_headers, data = reply.status, reply.getheaders(), reply.read()  # read whole: de-chunked
             except OSError as err:
-                self._send(502, f"DICOMweb server unreachable: {err}".encode(), "text/plain")
+                return self._send(502, f"DICOMweb server unreachable: {err}".encode(), "text/plain")
             finally:
                 conn.close()
+            self._failed(status)
+            self.send_response(status)
+            for k, v in reply_headers:
+                if k.lower() not in _HOP_BY_HOP:
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tests.ohif_server [FOLDER ...]``: Orthanc and OHIF on this machine, as the tests
+    run them, loaded with the DICOM files under each FOLDER; Ctrl-C stops both (and deletes
+    Orthanc's temporary storage)."""
+    import argparse
+    import time
+
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    from tests.orthanc_server import OrthancServer, isolation_problem
+
+    parser = argparse.ArgumentParser(prog="python -m tests.ohif_server", description=main.__doc__)
+    parser.add_argument("folders", nargs="*", type=Path, help="folders whose DICOM files are stored in Orthanc")
+    args = parser.parse_args(argv)
+    dist = ohif_dist()
+    if dist is None:
+        print(f"OHIF {OHIF_VERSION} is not in {CACHE}/ohif; fetch it: {FETCH_COMMAND}")
+        return 2
+    if problem := isolation_problem():
+        print(problem)
+        return 2
+    with OrthancServer(allow_all_interfaces=True) as orthanc, OhifServer(orthanc.url, dist, site_config()) as ohif:
+        client = DICOMwebClient(url=orthanc.dicomweb_url)
+        stored = 0
+        for folder in args.folders:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                try:
+                    ds = pydicom.dcmread(path)
+                except Exception:  # noqa: BLE001 - results.json, pictures: not DICOM, not stored
+                    continue
+                client.store_instances([ds])
+                stored += 1
+        print(f"stored {stored} instances\nDICOMweb: {orthanc.dicomweb_url}\nC-STORE:  {orthanc.aet}@127.0.0.1:{orthanc.dicom_port}\n"
+              f"OHIF:     {ohif.url}\nCtrl-C stops both.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

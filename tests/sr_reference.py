@@ -45,6 +45,7 @@ def reference_content(images: Sequence[ReportedImage], algorithm: Algorithm, cat
                                                        parameters=list(algorithm.parameters)),
             finding_sites=sites or None,
             measurements=measurements or None,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.SCT.AnatomicalStructure, s.value) for s in sites] or None,
             source_images=[hd.sr.SourceImageForMeasurementGroup(
                 img.sop_class_uid, img.sop_instance_uid, None if img.frame is None else [img.frame + 1])],
         ))

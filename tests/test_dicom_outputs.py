@@ -151,7 +151,7 @@ def test_tid1500_round_trips(written, corpus_labels):
     out, outcomes, _ = written
     hand = outcomes["cr_hand_j2k.dcm"]
     sr = hd.sr.srread(out / hand.outputs.sr)
-    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR, as IHE AIR has it
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     groups = sr.content.get_image_measurement_groups()
     assert len(groups) == 1

@@ -53,7 +53,7 @@ def test_pull_classify_push_by_stow_and_again_without_duplicates(pacs, tmp_path)
     sent = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in result_files(tmp_path / "one")}
     assert len(sent) >= 2 and set(sent) <= set(after)  # every SR and copy is in its source's study
     kinds = sorted(v["series"] for k, v in after.items() if v["modality"] == "SR")
-    assert kinds == ["Body part identification (AI, TID 1500)", "Body part identification (AI, text)"]
+    assert kinds == ["Body part AI: TID 1500", "Body part AI: text"]
     copies = [v for k, v in after.items() if v["modality"] != "SR" and k in sent]
     assert copies and all(v["body_part"] == "CHEST" for v in copies)
 

@@ -84,7 +84,7 @@ def test_report_reads_back_as_a_measurement_report(study):
     buf = io.BytesIO()
     tid1500_report(images, evidence, ALGORITHM, CAT).save_as(buf, enforce_file_format=True)
     buf.seek(0)
-    sr = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(buf))
+    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(buf))
     groups = sr.content.get_image_measurement_groups()
     assert len(groups) == len(images)
     assert groups[1].source_images[0].referenced_frame_numbers == [2]  # frame 1 of image 2, one-based

@@ -12,23 +12,25 @@
 //     image coordinates (SCOORD) and otherwise fails in _checkIfCanAddMeasurementsToDisplaySet
 //     (TypeError reading 'ReferencedSOPSequence' of undefined: an empty black viewport). For such
 //     groups this hook takes the source image from the group and outlines the whole image, labelled
-//     with the result ("Body part: Chest 97%"), so OHIF shows the image and the result. Groups
-//     that have coordinates are left to OHIF as they are.
+//     with the result ("Body part (AI): Chest 97%"), so OHIF shows the image and the result.
+//     Image-level groups of other makers' reports get the outline too, labelled with their
+//     finding, finding sites and measurements; groups with coordinates are left to OHIF.
+//     A site that has its own onBeforeSRAddMeasurement must call it from this one (docs/ohif.md).
 // Checked with OHIF 3.13.2 by tests/test_ohif.py.
 (function bodypartOhifCustomization(config) {
   'use strict';
   if (!config) {
     throw new Error('bodypart-customization.js: append it to app-config.js, after window.config is set');
   }
+  const MANUFACTURER = 'bodypart-xr'; // Manufacturer (0008,0070) of the app's reports
   const CORRECTED = 'Body Part Examined and Anatomic Region corrected by ';
   const CODES = {
     imagingMeasurements: '126010',
     measurementGroup: '125007',
     trackingUid: '112040',
+    finding: '121071',
     findingSite: '363698007',
     sourceOfMeasurement: '121112',
-    algorithmName: '111001',
-    algorithmVersion: '111003',
   };
 
   const list = seq => (seq == null ? [] : Array.isArray(seq) ? seq : [seq]);
@@ -36,7 +38,8 @@
   const codeOf = item => first(item && item.ConceptNameCodeSequence) || {};
   const named = (items, code) => items.filter(i => codeOf(i).CodeValue === code);
 
-  /** The TID 1501 group of `trackingUid` in the SR series `seriesUid`, or undefined. */
+  /** The content items of the TID 1501 group of `trackingUid` in the SR series `seriesUid` and
+   *  the SR instance holding it, or undefined. */
   function findGroup(services, seriesUid, trackingUid) {
     const displaySets = services.displaySetService.getDisplaySetsForSeries(seriesUid) || [];
     for (const ds of displaySets) {
@@ -45,7 +48,7 @@
           for (const group of named(list(container.ContentSequence), CODES.measurementGroup)) {
             const items = list(group.ContentSequence);
             if (named(items, CODES.trackingUid).some(i => i.UID === trackingUid)) {
-              return items;
+              return { items, instance };
             }
           }
         }
@@ -65,7 +68,10 @@
     return undefined;
   }
 
-  /** "Chest 97%" for every finding site of the group, from its probabilities. */
+  const meaning = item => (first(item.ConceptCodeSequence) || {}).CodeMeaning;
+
+  /** The text box of one of the app's groups: "Body part (AI): Chest 97%" (each finding site
+   *  with its probability) and that it is an AI result to be confirmed. */
   function resultLabels(items) {
     const probability = {};
     for (const num of items.filter(i => i.ValueType === 'NUM')) {
@@ -75,16 +81,24 @@
         probability[first(site.ConceptCodeSequence).CodeValue] = Number(value.NumericValue);
       }
     }
-    const sites = named(items, CODES.findingSite).map(i => first(i.ConceptCodeSequence)).filter(Boolean);
-    const shown = sites.map(c => {
-      const p = probability[c.CodeValue];
-      return p == null ? c.CodeMeaning : `${c.CodeMeaning} ${Math.round(100 * p)}%`;
+    const shown = named(items, CODES.findingSite).map(i => {
+      const p = probability[(first(i.ConceptCodeSequence) || {}).CodeValue];
+      return p == null ? meaning(i) : `${meaning(i)} ${Math.round(100 * p)}%`;
     });
-    const text = code => (named(items, code)[0] || {}).TextValue;
-    const algorithm = [text(CODES.algorithmName), text(CODES.algorithmVersion)].filter(Boolean).join(' ');
-    const labels = [{ label: 'Body part', value: shown.join(', ') || 'none identified' }];
-    if (algorithm) {
-      labels.push({ label: 'AI', value: `${algorithm}, to be confirmed by a person` });
+    return [
+      { label: 'Body part (AI)', value: shown.join(', ') || 'none identified' },
+      { label: 'AI result', value: 'to be confirmed' },
+    ];
+  }
+
+  /** The text box of another maker's image-level group: its finding, finding sites, measurements. */
+  function genericLabels(items) {
+    const labels = named(items, CODES.finding).map(i => ({ label: 'Finding', value: meaning(i) }));
+    labels.push(...named(items, CODES.findingSite).map(i => ({ label: 'Site', value: meaning(i) })));
+    for (const num of items.filter(i => i.ValueType === 'NUM')) {
+      const value = first(num.MeasuredValueSequence) || {};
+      const unit = (first(value.MeasurementUnitsCodeSequence) || {}).CodeValue;
+      labels.push({ label: codeOf(num).CodeMeaning, value: `${value.NumericValue ?? ''} ${unit && unit !== '1' ? unit : ''}`.trim() });
     }
     return labels;
   }
@@ -97,7 +111,8 @@
     // Until the source image is found the measurement stays unloaded instead of failing.
     measurement.coords = [{ bodypartImageLevel: true, ValueType: 'SCOORD', GraphicType: 'POLYLINE', GraphicData: [] }];
     const services = window.services; // set by OHIF's cornerstone extension
-    const items = services && findGroup(services, SeriesInstanceUID, measurement.TrackingUniqueIdentifier);
+    const group = services && findGroup(services, SeriesInstanceUID, measurement.TrackingUniqueIdentifier);
+    const items = group && group.items;
     const source = items && first(first(named(items, CODES.sourceOfMeasurement).filter(i => i.ValueType === 'IMAGE')
       .map(i => i.ReferencedSOPSequence)));
     const size = source && imageSize(services, source.ReferencedSOPInstanceUID);
@@ -112,7 +127,7 @@
       ReferencedSOPInstanceUID: source.ReferencedSOPInstanceUID,
       ReferencedFrameNumber: first(source.ReferencedFrameNumber),
     };
-    measurement.labels = resultLabels(items);
+    measurement.labels = group.instance.Manufacturer === MANUFACTURER ? resultLabels(items) : genericLabels(items);
     measurement.graphicType = 'POLYLINE';
     return measurement;
   }

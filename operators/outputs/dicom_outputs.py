@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pydicom
-from pydicom.uid import ComprehensiveSRStorage, EnhancedSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage
 
 from ..catalogue import AnatomyTerm, Catalogue
 from ..input.discovery import file_identity
@@ -255,13 +255,14 @@ class DicomOutputs:
         checksum = self.algorithm.model_sha256
         images = sorted(f"{img.sop_instance_uid}/{img.frame}" for img, _ in study.entries)
         taken, out = set(study.series_numbers), {}
-        for key, sop_class in (("sr", ComprehensiveSRStorage), ("sr_text", EnhancedSRStorage)):
+        # (earlier versions of this app wrote the TID 1500 report as Comprehensive SR)
+        for key, sop_classes in (("sr", {Comprehensive3DSRStorage, ComprehensiveSRStorage}), ("sr_text", {EnhancedSRStorage})):
             number = SERIES_NUMBER
             while number in taken:
                 number += 1
             taken.add(number)
             uid = derived_uid(f"{key}-instance", checksum, study_uid, *images)
-            earlier = tuple(e for e in study.earlier if e.sop_class_uid == sop_class and e.sop_instance_uid != uid)
+            earlier = tuple(e for e in study.earlier if e.sop_class_uid in sop_classes and e.sop_instance_uid != uid)
             out[key] = ReportIdentity(derived_uid(f"{key}-series", checksum, study_uid), uid, number, earlier)
         return out
 

@@ -1,7 +1,8 @@
 """DICOM Structured Reports of the result, one pair per study.
 
-- a Comprehensive SR on TID 1500 (Measurement Report), the IHE AI Results way: one measurement
-  group per classified image, with its finding sites (SNOMED CT, from the catalogue), one
+- a Comprehensive 3D SR on TID 1500 (Measurement Report), the IHE AI Results way: one measurement
+  group per classified image, with its finding sites (SNOMED CT, from the catalogue), the labels
+  as qualitative findings (anatomical structure = the part), one
   probability per known class, the algorithm identification (name, version, model checksum), the
   device observer and a reference to the source image;
 - an Enhanced SR with the same result as plain text, which viewers that do not render TID 1500
@@ -37,6 +38,9 @@ RADIOGRAPHY = Code("363680008", SCT, "Radiographic imaging procedure")
 IMAGING_REPORT = Code("18748-4", "LN", "Diagnostic imaging report")
 SERIES_NUMBER = 9901  # high, so viewers list our series after the acquired ones (the text SR: 9902)
 MANUFACTURER = OWN_MANUFACTURER
+#: Series Descriptions: what tells the two SRs apart comes first (viewers cut long names).
+TID1500_DESCRIPTION = "Body part AI: TID 1500"
+TEXT_DESCRIPTION = "Body part AI: text"
 
 #: Type 2 attributes (present, may be empty) of modules the SR copies from the source images; old
 #: or anonymised sources often lack them, and an SR must not inherit that gap.
@@ -171,6 +175,8 @@ def measurement_group(img: ReportedImage, n: int, algorithm: Algorithm, catalogu
         if c is not None:  # a class without an anatomy code (Others) has no site to measure
             items.append(sc.num(codes.DCM.Probability, float(p), codes.UCUM.NoUnits, sc.CONTAINS,
                                 [sc.code(site, c, sc.HAS_CONCEPT_MOD)]))
+    # the classification itself as IHE AIR's qualitative finding: "anatomical structure = Chest"
+    items += [sc.code(codes.SCT.AnatomicalStructure, c, sc.CONTAINS) for c in (_site_code(catalogue, l) for l in img.labels) if c]
     items.append(sc.image(codes.DCM.SourceOfMeasurement, img.sop_class_uid, img.sop_instance_uid,
                           None if img.frame is None else [img.frame + 1], sc.CONTAINS))
     return sc.container(codes.DCM.MeasurementGroup, items, sc.CONTAINS, template="1501")
@@ -200,7 +206,7 @@ class EncodedReport:
     pydicom's encoding of the document followed by that one element.
     """
 
-    document: hd.sr.ComprehensiveSR
+    document: hd.sr.Comprehensive3DSR
     content: list[bytes]
 
     def __post_init__(self) -> None:
@@ -277,13 +283,13 @@ def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.D
         raise ValueError(f"no evidence for {len(missing)} referenced image(s): {sorted(missing)[:3]}")
     first = root_items(algorithm)
     identity = _identity(identity, SERIES_NUMBER)
-    sr = hd.sr.ComprehensiveSR(
+    sr = hd.sr.Comprehensive3DSR(  # the SOP class IHE AI Results uses for TID 1500
         evidence=list(evidence), specific_character_set="ISO_IR 192",
         content=sc.as_dataset(sc.container(codes.DCM.ImagingMeasurementReport, first, template="1500")),
         series_instance_uid=identity.series_instance_uid, series_number=identity.series_number,
         sop_instance_uid=identity.sop_instance_uid, instance_number=1, manufacturer=MANUFACTURER,
         previous_versions=identity.previous_versions(),
-        series_description="Body part identification (AI, TID 1500)", is_complete=True,
+        series_description=TID1500_DESCRIPTION, is_complete=True,
         content_date=dt.date.today(), content_time=dt.datetime.now().time(),
     )
     groups = [measurement_group(img, n, algorithm, catalogue) for n, img in enumerate(images, start=1)]
@@ -306,7 +312,7 @@ def result_text(img: ReportedImage) -> str:
 def text_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Dataset], algorithm: Algorithm,
                 identity: ReportIdentity | None = None) -> hd.sr.EnhancedSR:
     """The same result as plain text (an Enhanced SR with TEXT items)."""
-    root = hd.sr.ContainerContentItem(name=IMAGING_REPORT, template_id=None)
+    root = hd.sr.ContainerContentItem(name=IMAGING_REPORT, template_id=None, is_content_continuous=False)  # a line each
     items = [hd.sr.TextContentItem(
         name=codes.DCM.Finding, value=result_text(img)[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
         for img in images]
@@ -321,6 +327,6 @@ def text_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.Data
         series_instance_uid=identity.series_instance_uid, series_number=identity.series_number,
         sop_instance_uid=identity.sop_instance_uid, instance_number=1, manufacturer=MANUFACTURER,
         previous_versions=identity.previous_versions(),
-        series_description="Body part identification (AI, text)", is_complete=True,
+        series_description=TEXT_DESCRIPTION, is_complete=True,
         content_date=dt.date.today(), content_time=dt.datetime.now().time(),
     )
