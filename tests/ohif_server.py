@@ -229,8 +229,11 @@ def main(argv: list[str] | None = None) -> int:
                     ds = pydicom.dcmread(path)
                 except Exception:  # noqa: BLE001 - results.json, pictures: not DICOM, not stored
                     continue
-                client.store_instances([ds])
-                stored += 1
+                try:
+                    client.store_instances([ds])
+                    stored += 1
+                except Exception as e:  # noqa: BLE001 - a file Orthanc cannot parse: say so, go on
+                    print(f"not stored: {path} ({type(e).__name__}: {e})")
         print(f"stored {stored} instances\nDICOMweb: {orthanc.dicomweb_url}\nC-STORE:  {orthanc.aet}@127.0.0.1:{orthanc.dicom_port}\n"
               f"OHIF:     {ohif.url}\nCtrl-C stops both.", flush=True)
         try:
