@@ -17,6 +17,7 @@ Commands:
   run       run the app (same as `python -m app -i IN -o OUT -m MODELS`), or on a study pulled
             from a DICOMweb server (--from-dicomweb URL --study UID), results sent on (--send-to)
   send      send a run's SRs and corrected copies to a DICOMweb server or a DICOM node
+  scan      classify a whole archive into a Parquet table; run it again to resume
   train     train, evaluate and export a model package from labelled radiographs
   map-context
             lay out the MONAI Application Package build context (then `monai-deploy package`)
@@ -73,6 +74,8 @@ def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dic
     import os
     import subprocess
 
+    inputs, output = Path(inputs).resolve(), Path(output).resolve()  # the app runs in the checkout's folder
+    models = Path(models).resolve() if models else None
     cmd = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output)] + (["-m", str(models)] if models else [])
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env={**os.environ, **(settings or {})})
     results = output / "results.json"
@@ -84,7 +87,15 @@ def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dic
 
     print(results_table(doc))
     sheet = results_sheet(doc, inputs, output / "results.png")
-    print(f"\nresults: {results}\nstructured reports: {output / 'sr'}\ncorrected copies: {output / 'dicom'}" +
+    import yaml
+
+    from app.settings import SECTION, Settings, config_path
+
+    env = {**os.environ, **(settings or {})}
+    config = config_path(env)
+    section = (yaml.safe_load(config.read_text()) or {}).get(SECTION) if config and config.is_file() else {}
+    sr_dir, corrected_dir = Settings.load(section, env).folders(output)  # as the app, which checked them, read them
+    print(f"\nresults: {results}\nstructured reports: {sr_dir}\ncorrected copies: {corrected_dir}" +
           (f"\npicture: {sheet}" if sheet else ""))
     return 0
 
@@ -126,6 +137,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
 
 
+def _add_scan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("scan", help="classify an archive into a Parquet table (resumable)", description=(
+        "Classify every file under ARCHIVE with bounded memory into OUTPUT/results/part-*.parquet (one row per "
+        "input, the fields of results.json plus path, size and modification time) and OUTPUT/scan.json. Run it "
+        "again after a kill or a crash: what is in the table is skipped, the rest is read."))
+    p.add_argument("archive", type=Path, help="a folder of DICOM files (any depth)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (the table, and DICOM outputs if asked)")
+    p.add_argument("-m", "--models", type=Path, help="model package (default: the shipped default)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per network batch (default: %(default)s)")
+    p.add_argument("--workers", type=int, help="reader processes (default: usable cores)")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
+    p.add_argument("--dicom-outputs", action="store_true", help="also write the SRs and corrected copies (off for scans)")
+
+
 def _add_send(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="send a run's DICOM outputs", description=(
         "Send the SRs and corrected copies that OUTPUT/results.json lists, SRs first, one instance at a time. "
@@ -147,13 +172,18 @@ def _network(args, log) -> tuple | int:
     """The auth and destination of ``args``; an exit code when they do not fit."""
     import os
 
-    from operators.dicom_network import Destination, DicomwebAuth
+    from operators.dicom_network import Destination, DicomwebAuth, check_url
 
     try:
-        auth = DicomwebAuth(token=os.environ.get("BODYPART_DICOMWEB_TOKEN") or None, user=args.dicomweb_user,
-                            password=os.environ.get("BODYPART_DICOMWEB_PASSWORD") or None)
         target = getattr(args, "send_to", None) or getattr(args, "to", None)
         destination = Destination.parse(target) if target else None
+        web = getattr(args, "from_dicomweb", None) or (destination is not None and destination.url)
+        auth = DicomwebAuth(token=os.environ.get("BODYPART_DICOMWEB_TOKEN") or None, user=args.dicomweb_user,
+                            password=os.environ.get("BODYPART_DICOMWEB_PASSWORD") or None) if web else None
+        if getattr(args, "study", None) and not getattr(args, "from_dicomweb", None):
+            raise ValueError("--study goes with --from-dicomweb URL")
+        if getattr(args, "from_dicomweb", None):
+            check_url(args.from_dicomweb)
     except ValueError as e:
         log.error("%s", e)
         return 2
@@ -193,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     _add_train(sub)
     _add_send(sub)
+    _add_scan(sub)
     _add_map(sub)
     args = parser.parse_args(argv)
     if not args.command:
@@ -234,6 +265,24 @@ def main(argv: list[str] | None = None) -> int:
         if code != 0 or destination is None:
             return code
         return _send(args.output, destination, auth, args, log)
+    elif args.command == "scan":
+        import json
+
+        from app.scan import scan
+        from operators.model.model_package import ModelPackageError
+        from operators.outputs.output_files import OutputError
+
+        try:
+            path = scan(args.archive, args.output, args.models, args.batch_size, args.workers, args.dicom_outputs, args.device)
+        except (FileNotFoundError, ModelPackageError, OutputError) as e:
+            log.error("%s", e)
+            return 2
+        summary = json.loads(path.read_text())
+        print(f"table: {args.output / 'results'}/ ({summary['parts']} parts); this scan: {summary['this_scan']}")
+        if not summary["complete"]:
+            log.error("the scan did not complete: %s (run it again to resume)", summary["interrupted_reason"])
+            return 1
+        return 0
     elif args.command == "send":
         network = _network(args, log)
         if isinstance(network, int):

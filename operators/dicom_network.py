@@ -57,7 +57,7 @@ class Destination:
     def parse(cls, text: str) -> "Destination":
         """``http(s)://host[:port]/path`` or ``AE@host:port``."""
         if re.match(r"https?://", text):
-            return cls(url=text.rstrip("/"))
+            return cls(url=check_url(text))
         m = re.fullmatch(r"([^@\\]{1,16})@([^:@]+):(\d{1,5})", text)
         if not m or not m.group(1).strip() or int(m.group(3)) > 65535:
             raise ValueError(f"destination {text!r}: use http(s)://... for DICOMweb or AE@host:port for a DICOM node")
@@ -67,22 +67,31 @@ class Destination:
         return self.url if self.url else f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def check_url(url: str) -> str:
+    """``url`` without a trailing slash; refused when it carries credentials (they would end up in
+    logs and error messages: the environment holds them instead)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"DICOMweb URL {url!r}: use http(s)://host[:port]/path")
+    if parts.username or parts.password:
+        raise ValueError("DICOMweb URL with a user or password in it: give them in BODYPART_DICOMWEB_TOKEN or "
+                         "--dicomweb-user and BODYPART_DICOMWEB_PASSWORD instead")
+    return url.rstrip("/")
+
+
 def dicomweb_client(url: str, auth: DicomwebAuth | None = None, timeout: float = DEFAULT_TIMEOUT):
     """A ``DICOMwebClient`` for ``url`` whose every request has ``timeout``."""
     import requests
     from dicomweb_client.api import DICOMwebClient
 
-    class _Session(requests.Session):  # requests has no session-wide time-out
-        def request(self, *args, **kwargs):
-            kwargs.setdefault("timeout", timeout)
-            return super().request(*args, **kwargs)
-
-    session = _Session()
+    session = requests.Session()
     if auth and auth.token:
         session.headers["Authorization"] = f"Bearer {auth.token}"
     elif auth and auth.user:
         session.auth = (auth.user, auth.password)
-    return DICOMwebClient(url=url, session=session)
+    return DICOMwebClient(url=check_url(url), session=session, timeout=timeout)
 
 
 def _web_error(e: Exception, what: str, url: str) -> NetworkError:
@@ -112,7 +121,7 @@ def pull_study(url: str, study_uid: str, dest: Path, auth: DicomwebAuth | None =
 
     client = dicomweb_client(url, auth, timeout)
     try:
-        found = client.search_for_instances(study_instance_uid=study_uid)
+        found = client.search_for_instances(study_instance_uid=study_uid, get_remaining=True)  # every page
     except Exception as e:  # noqa: BLE001 - requests' and dicomweb-client's errors, said once
         raise _web_error(e, f"finding study {study_uid}", url) from e
     if not found:
@@ -126,8 +135,11 @@ def pull_study(url: str, study_uid: str, dest: Path, auth: DicomwebAuth | None =
         except Exception as e:  # noqa: BLE001
             raise _web_error(e, f"retrieving instance {sop}", url) from e
         path = Path(dest) / _safe(series) / f"{_safe(sop)}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(path, enforce_file_format=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+        except OSError as e:
+            raise NetworkError(f"retrieving study {study_uid}: cannot write {path.parent}: {e.strerror or e}") from e
         files.append(path)
     log.info("retrieved %d instances of study %s from %s", len(files), study_uid, url)
     return files
@@ -143,7 +155,7 @@ class SendReport:
 
     destination: str
     sent: list[str] = field(default_factory=list)  # SOP Instance UIDs
-    failed: dict[str, str] = field(default_factory=dict)  # file -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # file (as given) -> reason
 
     @property
     def ok(self) -> bool:
@@ -185,12 +197,12 @@ def _stow(files: list[Path], destination: Destination, auth: DicomwebAuth | None
             error = _web_error(e, "storing", destination.url)
             if not report.sent and _unreachable(e):
                 raise error from e  # nothing can go there: say it once
-            report.failed[path.name] = str(error)
+            report.failed[str(path)] = str(error)
             continue
         failed = response.get("FailedSOPSequence") if response is not None else None
         if failed:
             reason = failed[0].get("FailureReason")
-            report.failed[path.name] = f"refused by {destination.url} (failure reason {reason})"
+            report.failed[str(path)] = f"refused by {destination.url} (failure reason {reason})"
         else:
             report.sent.append(str(ds.SOPInstanceUID))
     return report
@@ -219,7 +231,8 @@ def _c_store(files: list[Path], destination: Destination, timeout: float, callin
     report = SendReport(str(destination))
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        why = "rejected the association" if assoc.is_rejected else "aborted" if assoc.is_aborted else "could not be reached"
+        # pynetdicom reports a refused or silent connection as aborted: only a rejection is the node's answer
+        why = "rejected the association" if assoc.is_rejected else "could not be reached or did not answer"
         raise NetworkError(f"C-STORE to {destination}: the node {why} (check its AE title, host, port and that it "
                            f"accepts {calling_ae})")
     try:
@@ -227,24 +240,24 @@ def _c_store(files: list[Path], destination: Destination, timeout: float, callin
             try:
                 status = assoc.send_c_store(ds)
             except (RuntimeError, ValueError) as e:  # no accepted presentation context for this object
-                report.failed[path.name] = f"not accepted by {destination}: {e}"
+                report.failed[str(path)] = f"not accepted by {destination}: {e}"
                 continue
             code = getattr(status, "Status", None)
             if code is None:
-                report.failed[path.name] = f"no answer from {destination} (connection lost or timed out)"
+                report.failed[str(path)] = f"no answer from {destination} (connection lost or timed out)"
                 if not assoc.is_established:
                     break
             elif code in (0x0000, 0xB000, 0xB007, 0xB006):  # success, or stored with warnings
                 report.sent.append(str(ds.SOPInstanceUID))
             else:
-                report.failed[path.name] = f"refused by {destination} (status 0x{code:04X})"
+                report.failed[str(path)] = f"refused by {destination} (status 0x{code:04X})"
     finally:
         if assoc.is_established:
             assoc.release()
-    done = set(report.failed) | {p.name for p, ds in datasets if str(ds.SOPInstanceUID) in report.sent}
+    done = set(report.failed) | {str(p) for p, ds in datasets if str(ds.SOPInstanceUID) in report.sent}
     for path, _ in datasets:  # what a lost association left unsent
-        if path.name not in done:
-            report.failed[path.name] = f"not sent: the association with {destination} was lost"
+        if str(path) not in done:
+            report.failed[str(path)] = f"not sent: the association with {destination} was lost"
     return report
 
 

@@ -29,6 +29,7 @@ class ReportReference:
     series_instance_uid: str
     sop_instance_uid: str
     sop_class_uid: str
+    series_number: int | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .outcome import InputOutcome, short_reason
 from .outputs.dicom_outputs import DicomOutputs, OutputsStopped
 from .outputs.output_files import OutputError, fatal_output_error
 from .outputs.report import Progress
-from .outputs.results import ResultsWriter
+from .outputs.results import ResultsSink, ResultsWriter
 from .outputs.sr import Algorithm
 from .run_status import RunStatus
 
@@ -85,12 +85,16 @@ class Pipeline:
         Processes that build SRs.
     app_name, app_version
         The application that ran, as ``results.json`` and the SRs name it.
+    results
+        Where the outcomes are recorded: by default ``results.json`` (:class:`ResultsWriter`);
+        an archive scan records them in a Parquet table instead.
     """
 
     def __init__(self, ensemble: Ensemble, output_dir: Path, input_path: Path, *, dicom_outputs: bool = True,
                  corrected: str = "confident", keep_uids: bool = False, sr_dir: Path | None = None,
                  corrected_dir: Path | None = None, workers: int = 1, app_name: str = "bodypart-xr",
-                 app_version: str = "", status: RunStatus | None = None, catalogue: Catalogue | None = None):
+                 app_version: str = "", status: RunStatus | None = None, catalogue: Catalogue | None = None,
+                 results: ResultsSink | None = None):
         self.ensemble = ensemble
         self.catalogue = catalogue or Catalogue.default()
         self.status = status or RunStatus()
@@ -102,7 +106,7 @@ class Pipeline:
                                   workers=max(1, workers), sr_dir=sr_dir, corrected_dir=corrected_dir)
         run_info = {"app": {"name": app_name, "version": app_version}, "input": str(input_path),
                     "model": ensemble.info.to_json()}
-        self.results = ResultsWriter(self.output_dir, run_info)
+        self.results = results if results is not None else ResultsWriter(self.output_dir, run_info)
         self.progress = Progress()
         self._dicom_done = False  # the SRs were written, or the output folder failed
         self._results_path: Path | None = None

@@ -18,10 +18,10 @@ from operators.outputs.sr import Algorithm
 CAT = Catalogue.default()
 
 
-def _model(checksum: str) -> tuple[ModelInfo, Algorithm]:
-    return (ModelInfo("labels-double", checksum[:3], checksum, "mean", "cpu", tuple(CAT.names), tuple(CAT.names),
+def _model(checksum: str, stacker: str = "mean") -> tuple[ModelInfo, Algorithm]:
+    return (ModelInfo("labels-double", checksum[:3], checksum, stacker, "cpu", tuple(CAT.names), tuple(CAT.names),
                       {c: 0.5 for c in CAT.names}),
-            Algorithm("labels-double", checksum[:3], checksum, "mean", "0.1.0"))
+            Algorithm("labels-double", checksum[:3], checksum, stacker, "0.1.0"))
 
 
 def _prediction(labels, needs_review=False):
@@ -29,9 +29,9 @@ def _prediction(labels, needs_review=False):
     return Prediction(probs, {}, list(labels), needs_review, "within 0.1 of a threshold" if needs_review else None)
 
 
-def _run(folder, out, checksum="a" * 64, labels=("Pelvis",), needs_review=False, **options):
+def _run(folder, out, checksum="a" * 64, labels=("Pelvis",), needs_review=False, stacker="mean", **options):
     """Every file of ``folder`` through the DICOM writers, as the pipeline passes them."""
-    model, algorithm = _model(checksum)
+    model, algorithm = _model(checksum, stacker)
     outputs = DicomOutputs(out, algorithm, CAT, **options)
     results = []
     for path in sorted(folder.iterdir()):
@@ -60,10 +60,15 @@ def test_a_rerun_of_the_same_model_writes_the_same_objects_and_a_new_model_new_o
     _run(study, tmp_path / "one")
     _run(study, tmp_path / "two")
     _run(study, tmp_path / "new", checksum="b" * 64)
+    _run(study, tmp_path / "stacker", stacker="logistic")  # other labels can come: other objects
     one, two, new = _uids(tmp_path / "one"), _uids(tmp_path / "two"), _uids(tmp_path / "new")
     assert len(one) == 2 + 2 * 2  # two copies, an SR pair for each of the two studies
     assert one == two
     assert not {u for _, u, _ in one} & {u for _, u, _ in new}
+    assert not {u for _, u, _ in one} & {u for _, u, _ in _uids(tmp_path / "stacker")}
+    for path in (tmp_path / "one/sr").iterdir():  # the same content too, tracking UIDs included
+        a, b = pydicom.dcmread(path), pydicom.dcmread(tmp_path / "two/sr" / path.name)
+        assert a.ContentSequence == b.ContentSequence
     assert all(u.startswith("2.25.") and pydicom.uid.UID(u).is_valid for _, u, s in one for u in (u, s))
 
 

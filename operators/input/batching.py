@@ -17,7 +17,7 @@ import resource
 from dataclasses import dataclass, field, replace
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -116,16 +116,17 @@ def prepare_files(paths: list[Path], root: Path, preprocessing: Preprocessing, g
     return out
 
 
-def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0,
-                  decode: DecodeOptions = DecodeOptions()) -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
+def iter_prepared(root: Path, preprocessing: Preprocessing, workers: int = 0, decode: DecodeOptions = DecodeOptions(),
+                  files: Iterable[Path] | None = None) -> Iterator[tuple[Radiograph | InputOutcome, torch.Tensor | None]]:
     """Every input in order, read in ``workers`` reader processes (0: in this process), decoded as ``decode`` says.
 
     In this process a native decoder that crashes on a damaged file takes the caller down with
     it, and there is no time limit: use it for trusted files and debugging. With readers a pool
     never has more processes than files (a one-study run starts one reader). With GPU decoding a
-    reader takes :data:`GPU_FILES_PER_CALL` files at a time, decoded in one GPU call.
+    reader takes :data:`GPU_FILES_PER_CALL` files at a time, decoded in one GPU call. ``files``:
+    the entries under ``root`` to read (a resumed scan leaves out those done), default all.
     """
-    files = iter_input_files(root, decode.follow_links)
+    files = iter(files) if files is not None else iter_input_files(root, decode.follow_links)
     if workers <= 0:
         gpu = GpuDecoder.create(decode.gpu, decode.gpu_device)
         for chunk in _chunks(files, GPU_FILES_PER_CALL if gpu else 1):
@@ -193,13 +194,13 @@ def prepare_in_reader(paths: list[Path], root: Path, preprocessing: Preprocessin
 
 
 def iter_batches(root: Path, preprocessing: Preprocessing, batch_size: int = 16, workers: int = 0,
-                 decode: DecodeOptions = DecodeOptions()) -> Iterator[Batch]:
-    """Read ``root`` lazily and yield batches of at most ``batch_size`` radiographs."""
+                 decode: DecodeOptions = DecodeOptions(), files: Iterable[Path] | None = None) -> Iterator[Batch]:
+    """Read ``root`` (or ``files`` under it) lazily and yield batches of at most ``batch_size`` radiographs."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     items: list[Radiograph | InputOutcome] = []
     tensors: list[torch.Tensor] = []
-    for item, tensor in iter_prepared(Path(root), preprocessing, workers, decode):
+    for item, tensor in iter_prepared(Path(root), preprocessing, workers, decode, files):
         items.append(item)
         if tensor is not None:
             tensors.append(tensor)

@@ -131,4 +131,8 @@ def earlier_report(ds: pydicom.Dataset) -> ReportReference | None:
     uids = [str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")]
     if not all(UID(u).is_valid for u in uids):
         return None
-    return ReportReference(*uids)
+    try:
+        number = int(ds.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        number = None
+    return ReportReference(*uids, series_number=number)

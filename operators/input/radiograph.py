@@ -57,6 +57,8 @@ class RadiographInfo:
     dx_like: bool = False
     file_meta_missing: bool = False
     sop_class_uid: str | None = None
+    manufacturer: str | None = None  # the device: archive reports break results down by it
+    manufacturer_model_name: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,8 @@ class RadiographInfo:
             "dx_like": self.dx_like,
             "file_meta_missing": self.file_meta_missing,
             "sop_class_uid": self.sop_class_uid,
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.manufacturer_model_name,
         }
 
 
@@ -217,6 +221,8 @@ def _finish(o: _Opened, decoded: DecodedPixels | None, max_side: int | None, red
                 dx_like=modality in DX_LIKE_MODALITIES,
                 file_meta_missing=o.meta_missing,
                 sop_class_uid=_text(ds, "SOPClassUID"),
+                manufacturer=_text(ds, "Manufacturer"),
+                manufacturer_model_name=_text(ds, "ManufacturerModelName"),
             )
             images.append(
                 Radiograph(

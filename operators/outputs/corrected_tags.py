@@ -45,8 +45,9 @@ def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, model_che
     algorithm
         Name and version for the modification record.
     model_checksum
-        The model package's checksum: with the source's UIDs it gives the copy's UIDs, so copies
-        of one series form one derived series, the same in every run of the same model.
+        The model's key (:func:`.uids.model_key`: package checksum and stacker): with the source's
+        UIDs it gives the copy's UIDs, so copies of one series form one derived series, the same in
+        every run of the same model.
     """
     ds, _ = read_dataset(source)  # header-less files get their transfer syntax here
     if term.body_part_examined is None and term.sct_code is None:
@@ -77,7 +78,8 @@ def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, model_che
             source_ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
             ds.SourceImageSequence = Sequence([source_ref])
         ds.DerivationDescription = f"{CORRECTED_DERIVATION} {algorithm}"
-        ds.SeriesInstanceUID = corrected_series_uid(str(ds.get("SeriesInstanceUID", "")), model_checksum)
+        ds.SeriesInstanceUID = corrected_series_uid(str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
+                                                    model_checksum)
         ds.SOPInstanceUID = derived_uid("corrected-instance", model_checksum, str(ds.SOPInstanceUID))
         ds.SeriesNumber = corrected_series_number(ds.get("SeriesNumber"))
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -95,9 +97,10 @@ def corrected_dataset(source: Path, term: AnatomyTerm, algorithm: str, model_che
     return ds
 
 
-def corrected_series_uid(source_series_uid: str, model_checksum: str) -> str:
-    """The derived series that holds the corrected copies of one source series."""
-    return derived_uid("corrected-series", model_checksum, source_series_uid)
+def corrected_series_uid(study_uid: str, source_series_uid: str, model_checksum: str) -> str:
+    """The derived series that holds the corrected copies of one source series (of one study:
+    sources without a Series Instance UID in different studies do not share one)."""
+    return derived_uid("corrected-series", model_checksum, study_uid, source_series_uid)
 
 
 def corrected_series_number(source_number) -> int:

@@ -28,7 +28,7 @@ from .corrected_tags import SERIES_NUMBER_OFFSET, corrected_dataset, write_corre
 from .output_files import fatal_output_error, write_atomically
 from .sr import (SERIES_NUMBER, Algorithm, ReportedImage, ReportIdentity, evidence_header, referenceable,
                  text_report, tid1500_report)
-from .uids import derived_uid
+from .uids import derived_uid, model_key
 
 log = logging.getLogger("bodypart")
 
@@ -122,6 +122,7 @@ class DicomOutputs:
         self.sr_dir = Path(sr_dir) if sr_dir else self.output_dir / "sr"
         self.corrected_dir = Path(corrected_dir) if corrected_dir else self.output_dir / "dicom"
         self.algorithm, self.catalogue, self.keep_uids = algorithm, catalogue, keep_uids
+        self.model_key = model_key(algorithm.model_sha256, algorithm.stacker)
         self.corrected_mode, self.write_reports = corrected, reports
         #: per study: each image's result and its source header as the SR copies it (copied once
         #: from the header the reader parsed: a source that changes later cannot break the SR)
@@ -162,7 +163,10 @@ class DicomOutputs:
                 if isinstance(item, Radiograph) and outcome.classification is not None:
                     outcome = self._add(item, outcome)
                 elif outcome.earlier_report is not None:
-                    self._study(outcome.earlier_report.study_instance_uid).earlier.append(outcome.earlier_report)
+                    study = self._study(outcome.earlier_report.study_instance_uid)
+                    study.earlier.append(outcome.earlier_report)
+                    if outcome.earlier_report.series_number is not None:  # its number stays taken
+                        study.series_numbers.add(outcome.earlier_report.series_number)
                 out.append(outcome)
         except Exception as e:
             raise OutputsStopped(out + list(outcomes[len(out):])) from e
@@ -223,8 +227,8 @@ class DicomOutputs:
 
     def _corrected(self, item: Radiograph, term: AnatomyTerm | None) -> dict[str, str | None]:
         """Write the corrected copy; return the record's ``corrected`` path or ``corrected_reason``."""
-        if item.frame not in (None, 0):
-            return {}  # one copy per file; frames of one file share its header
+        if item.frame not in (None, 0):  # one copy per file; frames of one file share its header
+            return {"corrected_reason": "the copy of this file is the first frame's"}
         if term is None:
             return {"corrected_reason": "no anatomy term for these labels"}
         path = self.corrected_dir / item.source
@@ -236,7 +240,7 @@ class DicomOutputs:
             return {"corrected_reason": "not written: the source file changed or vanished after it was read"}
         try:
             ds = corrected_dataset(item.path, term, f"{self.algorithm.model_name} {self.algorithm.model_version}",
-                                   self.algorithm.model_sha256, keep_uids=self.keep_uids)
+                                   self.model_key, keep_uids=self.keep_uids)
             write_corrected(ds, path)
         except Exception as e:  # noqa: BLE001 - one file's copy never stops the run; a full disk does
             fatal = fatal_output_error(e, path)
@@ -252,7 +256,7 @@ class DicomOutputs:
         """The UIDs, Series Numbers and predecessors of one study's two SRs: the same images and
         model give the same UIDs; Series Numbers from 9901 up that no series of the study uses."""
         study = self.studies[study_uid]
-        checksum = self.algorithm.model_sha256
+        checksum = self.model_key
         images = sorted(f"{img.sop_instance_uid}/{img.frame}" for img, _ in study.entries)
         taken, out = set(study.series_numbers), {}
         # (earlier versions of this app wrote the TID 1500 report as Comprehensive SR)
@@ -313,6 +317,7 @@ def write_study_reports(paths: dict[str, str], study: str, entries: list[tuple[R
         with warnings.catch_warnings():
             # highdicom's person-name warnings quote the name: keep patient data out of logs
             warnings.filterwarnings("ignore", message=".*person name.*")
+            entries = sorted(entries, key=lambda e: (e[0].sop_instance_uid, e[0].frame or 0))  # not arrival order
             evidence = _unique_evidence(header for _, header in entries)
             images = [img for img, _ in entries]
             for key, build in (("sr", lambda: tid1500_report(images, evidence, algorithm, catalogue, identities["sr"])),

@@ -19,20 +19,23 @@ log = logging.getLogger("bodypart")
 class Progress:
     """Counts inputs as they stream by and logs a line per input (UIDs and file names only).
 
-    Logs a line per file and a rate every ``every`` items so long runs show they are alive.
+    Logs a line per file (``each``; failures always) and a rate every ``every`` items so long runs
+    show they are alive.
     """
 
-    def __init__(self, every: int = 50):
+    def __init__(self, every: int = 50, each: bool = True):
         self.counts: Counter[str] = Counter()
         self.every = every
+        self.each = each
         self.start = time.perf_counter()
         self.n = 0
 
     def add(self, outcome: InputOutcome) -> None:
         self.n += 1
         self.counts[outcome.status.value] += 1
-        level = logging.WARNING if outcome.status.value == "failed" else logging.INFO
-        log.log(level, "%s", outcome.one_line())
+        failed = outcome.status.value == "failed"
+        if self.each or failed:
+            log.log(logging.WARNING if failed else logging.INFO, "%s", outcome.one_line())
         if self.every and self.n % self.every == 0:
             rate = self.n / max(time.perf_counter() - self.start, 1e-9)
             log.info("... %d inputs (%.1f/s): %s", self.n, rate, self.summary())

@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from ..outcome import InputOutcome, Status
 from .output_files import write_atomically
@@ -33,6 +33,17 @@ def instance_record(outcome: InputOutcome) -> dict[str, Any]:
     if outcome.status is Status.READY:
         data["needs_review"] = True  # read but never classified
     return data
+
+
+class ResultsSink(Protocol):
+    """Where a run records its outcomes as batches finish (``results.json``, or a scan's table)."""
+
+    partial: Path  # what holds the results recorded so far (named when the disk fails)
+    closed: bool
+
+    def add(self, outcomes: Iterable[InputOutcome]) -> None: ...
+
+    def close(self, interrupted: str | None = None, reports_not_written: dict[str, str] | None = None) -> Path: ...
 
 
 class ResultsWriter:

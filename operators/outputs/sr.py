@@ -29,6 +29,7 @@ from ..catalogue import SCT, Catalogue
 from ..outcome import ReportReference
 from ..input.dicom_header import OWN_MANUFACTURER
 from . import sr_content as sc
+from .uids import derived_uid
 
 log = logging.getLogger("bodypart")
 
@@ -157,13 +158,14 @@ def _site_code(catalogue: Catalogue, name: str) -> Code | None:
     return Code(term.sct_code, SCT, term.sct_meaning) if term.sct_code else None
 
 
-def measurement_group(img: ReportedImage, n: int, algorithm: Algorithm, catalogue: Catalogue) -> bytes:
+def measurement_group(img: ReportedImage, n: int, algorithm: Algorithm, catalogue: Catalogue,
+                      tracking_uid: str | None = None) -> bytes:
     """TID 1501 Measurement Group of one image, encoded: finding sites of its labels, one
     probability per known class (each with its site), the algorithm, the source image."""
     site = codes.SCT.FindingSite
     items = [
         sc.text(codes.DCM.TrackingIdentifier, f"Body part, image {n}", sc.HAS_OBS_CONTEXT),
-        sc.uidref(codes.DCM.TrackingUniqueIdentifier, generate_uid(), sc.HAS_OBS_CONTEXT),
+        sc.uidref(codes.DCM.TrackingUniqueIdentifier, tracking_uid or generate_uid(), sc.HAS_OBS_CONTEXT),
         sc.code(codes.DCM.Finding, codes.SCT.AnatomicalStructure, sc.CONTAINS),
     ]
     items += [sc.code(site, c, sc.HAS_CONCEPT_MOD) for c in (_site_code(catalogue, l) for l in img.labels) if c]
@@ -292,7 +294,9 @@ def tid1500_report(images: Sequence[ReportedImage], evidence: Sequence[pydicom.D
         series_description=TID1500_DESCRIPTION, is_complete=True,
         content_date=dt.date.today(), content_time=dt.datetime.now().time(),
     )
-    groups = [measurement_group(img, n, algorithm, catalogue) for n, img in enumerate(images, start=1)]
+    # tracking UIDs from the report's own: the same report, the same content, run after run
+    groups = [measurement_group(img, n, algorithm, catalogue, derived_uid("tracking", identity.sop_instance_uid, str(n)))
+              for n, img in enumerate(images, start=1)]
     return EncodedReport(sr, first + [sc.container(codes.DCM.ImagingMeasurements, groups, sc.CONTAINS)])
 
 

@@ -20,10 +20,17 @@ from pydicom.uid import UID
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/bodypart-xr/bodypart-xr/uids")
 
 
-def derived_uid(kind: str, model_checksum: str, *sources: str) -> UID:
+def derived_uid(kind: str, model_key: str, *sources: str) -> UID:
     """The UID of output ``kind`` (``"sr-instance"``, ``"corrected-instance"``, ...) made by the model
-    with ``model_checksum`` from ``sources`` (source UIDs, in a fixed order)."""
-    if not model_checksum:
-        raise ValueError("a derived UID needs the model's checksum")
-    name = "\x00".join([kind, model_checksum, *sources])  # a separator no UID holds: no two lists give one name
+    and decision settings ``model_key`` names (:func:`model_key`) from ``sources`` (source UIDs, in
+    a fixed order)."""
+    if not model_key:
+        raise ValueError("a derived UID needs the model's key")
+    name = "\x00".join([kind, model_key, *sources])  # a separator no UID holds: no two lists give one name
     return UID(f"2.25.{uuid.uuid5(NAMESPACE, name).int}")
+
+
+def model_key(checksum: str, stacker: str) -> str:
+    """What decides the labels: the package (its checksum) and the stacker a run chose. Another
+    stacker can give other labels, so its outputs must not share UIDs with this one's."""
+    return f"{checksum}/{stacker}"

@@ -1,0 +1,137 @@
+"""An archive scan's results: a Parquet table written as the scan goes, that a new scan resumes from.
+
+    OUT/results/part-000001.parquet, part-000002.parquet, ...   one row per input
+    OUT/scan.json                                                 written when the scan ends
+
+Rows are flushed in parts of :data:`ROWS_PER_PART` (or every :data:`SECONDS_PER_PART`), each
+written to a hidden name and renamed, so a part is whole or absent: a scan killed at any moment
+keeps every part it finished, and the next scan skips exactly the files in them (keyed by path
+relative to the archive, size and modification time: a file changed since is read again). Rows
+have the fields of ``results.json``'s instances (``app/results.schema.json``; lists and objects as
+JSON text), plus ``path``, ``size`` and ``mtime_ns``; ``record`` holds the whole JSON record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable
+
+from ..outcome import InputOutcome
+from .output_files import write_atomically
+from .results import instance_record
+
+#: Rows per Parquet part, and the longest a row waits for its part to be written.
+ROWS_PER_PART = 512
+SECONDS_PER_PART = 30.0
+#: Scalar fields of an instance record kept as their own columns (the rest: ``record``).
+SCALARS = ("source", "status", "reason", "frame", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
+           "modality", "manufacturer", "manufacturer_model_name", "transfer_syntax", "decoder", "photometric_interpretation",
+           "stated_body_part_examined", "view_position", "laterality", "body_part_examined", "agrees", "needs_review",
+           "review_reason", "model_name", "model_version", "corrected_reason", "sr_reason")
+JSON_FIELDS = ("labels", "probabilities", "outputs", "anatomic_region")
+
+
+def _schema():
+    import pyarrow as pa
+
+    types = {"frame": pa.int64(), "agrees": pa.bool_(), "needs_review": pa.bool_()}
+    fields = [pa.field("path", pa.string()), pa.field("size", pa.int64()), pa.field("mtime_ns", pa.int64())]
+    fields += [pa.field(k, types.get(k, pa.string())) for k in SCALARS]
+    fields += [pa.field(k, pa.string()) for k in JSON_FIELDS] + [pa.field("record", pa.string())]
+    return pa.schema(fields)
+
+
+class ScanTable:
+    """The Parquet table of one archive scan in ``output_dir`` (a :class:`~.results.ResultsSink`).
+
+    Call :meth:`expect` for each file before it is read (its identity at listing time), then the
+    pipeline's :meth:`add` for its outcomes; :meth:`done` is what an earlier scan finished.
+    """
+
+    def __init__(self, output_dir: Path, run_info: dict):
+        self.output_dir = Path(output_dir)
+        self.folder = self.output_dir / "results"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.partial = self.folder
+        self.run_info = dict(run_info)
+        self.closed = False
+        self.counts: dict[str, int] = {}
+        self._rows: list[dict] = []
+        self._since = time.monotonic()
+        self._pending: dict[str, tuple[str, int, int]] = {}  # source -> (path, size, mtime_ns) in flight
+        self._next = 1 + max((int(p.stem.split("-")[1]) for p in self.folder.glob("part-*.parquet")), default=0)
+
+    def done(self) -> set[tuple[str, int, int]]:
+        """(source, size, mtime_ns) of every input an earlier scan into this folder recorded."""
+        import pyarrow.parquet as pq
+
+        keys: set[tuple[str, int, int]] = set()
+        for part in sorted(self.folder.glob("part-*.parquet")):
+            table = pq.read_table(part, columns=["source", "size", "mtime_ns"])
+            keys.update(zip(*(table.column(c).to_pylist() for c in ("source", "size", "mtime_ns"))))
+        return keys
+
+    def expect(self, source: str, path: Path, size: int, mtime_ns: int) -> None:
+        """Remember the identity of a file about to be read, for the rows its outcomes become."""
+        self._pending[source] = (str(path), size, mtime_ns)
+
+    def add(self, outcomes: Iterable[InputOutcome]) -> None:
+        for outcome in outcomes:
+            record = instance_record(outcome)
+            path, size, mtime = self._pending.get(outcome.source, (None, None, None))
+            row = {"path": path, "size": size, "mtime_ns": mtime, "record": json.dumps(record)}
+            row.update({k: record.get(k) for k in SCALARS})
+            row.update({k: json.dumps(record.get(k)) for k in JSON_FIELDS})
+            self._rows.append(row)
+            self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+        if len(self._rows) >= ROWS_PER_PART or time.monotonic() - self._since > SECONDS_PER_PART:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write the rows waiting as one part (whole or not at all); its path."""
+        if not self._rows:
+            return None
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(self._rows, schema=_schema())
+        path = self.folder / f"part-{self._next:06d}.parquet"
+        write_atomically(path, lambda fh: pq.write_table(table, fh))
+        for row in self._rows:  # recorded: their identities are no longer in flight
+            self._pending.pop(row["source"], None)
+        self._next += 1
+        self._rows, self._since = [], time.monotonic()
+        return path
+
+    def close(self, interrupted: str | None = None, reports_not_written: dict[str, str] | None = None) -> Path:
+        """Write the last part and ``scan.json`` (what this scan did, whether it completed)."""
+        if self.closed:
+            return self.output_dir / "scan.json"
+        self.flush()
+        self.closed = True
+        summary = {**self.run_info, "complete": interrupted is None, "interrupted_reason": interrupted,
+                   "this_scan": self.counts, "parts": len(list(self.folder.glob("part-*.parquet"))),
+                   "reports_not_written": [{"study_instance_uid": s, "reason": r} for s, r in sorted((reports_not_written or {}).items())],
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        path = self.output_dir / "scan.json"
+        write_atomically(path, lambda fh: fh.write(json.dumps(summary, indent=2).encode()))
+        return path
+
+
+def read_table(output_dir: Path):
+    """Every row of a scan as one pyarrow Table (all parts)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(output_dir) / "results")
+
+
+def file_key(path: Path, source: str) -> tuple[str, int, int] | None:
+    """(source, size, mtime_ns) of ``path`` now, or ``None`` when it cannot be stat'ed (the reader says why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return source, st.st_size, st.st_mtime_ns
