@@ -106,7 +106,7 @@ def test_a_send_that_fails_names_what_was_not_sent_and_keeps_the_files(pacs, cor
         send_files(files, Destination.parse(f"NOT_THE_PACS@127.0.0.1:{orthanc.dicom_port}"))
     # an HTTP error per instance: each named, none lost
     report = send_files(files, Destination.parse(orthanc.url + "/no-such-service"))
-    assert not report.sent and set(report.failed) == {f.name for f in files}
+    assert not report.sent and set(report.failed) == {str(f) for f in files}
     assert all("HTTP 404" in why for why in report.failed.values())
     assert all(f.is_file() for f in files)
     # a server that accepts and never answers: a time-out, not a hang
