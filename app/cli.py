@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             return 2
         summary = json.loads(path.read_text())
-        print(f"table: {args.output / 'results'}/ ({summary['parts']} parts); this scan: {summary['this_scan']}")
+        print(f"table: {args.output / 'results'}/ ({summary['parts']} parts); this scan: {summary['this_scan']}\n"
+              f"report: {args.output / 'report.html'}")
         if not summary["complete"]:
             log.error("the scan did not complete: %s (run it again to resume)", summary["interrupted_reason"])
             return 1

@@ -18,7 +18,8 @@ log = logging.getLogger("bodypart")
 
 def scan(archive: Path, output: Path, models: Path | None = None, batch_size: int = 16, workers: int | None = None,
          dicom_outputs: bool = False, device: str | None = None, progress: bool = True) -> Path:
-    """Scan ``archive`` into ``output``; return ``OUT/scan.json`` (``complete`` says whether it finished).
+    """Scan ``archive`` into ``output``, then write the archive report (``OUT/report.html``); return
+    ``OUT/scan.json`` (``complete`` says whether it finished).
 
     Raises
     ------
@@ -35,6 +36,7 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
     from operators.model.ensemble import Ensemble
     from operators.model.model_package import load_package
     from operators.outputs.output_files import OutputFolderLock
+    from operators.outputs.archive_report import write_report
     from operators.outputs.report import Progress
     from operators.outputs.scan_table import ScanTable, file_key
     from operators.pipeline import BatchFeed, Pipeline
@@ -71,6 +73,8 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
                 outcomes = pipeline.add(batch)
                 bar.update(len({o.source for o in outcomes}))
         pipeline.close(all_inputs_read=False)  # the feed says whether every input was read
+        report = write_report(output)
+        log.info("archive report: %s", report)
         return output / "scan.json"
     finally:
         lock.release()

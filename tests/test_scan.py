@@ -85,6 +85,46 @@ def test_a_killed_scan_resumes_without_loss_or_duplicates(archive, tmp_path, mon
     assert sum(json.loads((out / "scan.json").read_text())["this_scan"].values()) == len(FILES) + 1 - len(first)
 
 
+def test_the_archive_report_shows_the_disagreements_and_renders_in_a_browser(corpus, tmp_path):
+    """Two chests, one stated HAND: the report's confusion matrix, the ranked disagreement with its
+    thumbnail, and a page Chromium renders with every picture loaded."""
+    import pydicom
+
+    from tests.conftest import require_tool
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for name, stated in (("dx_chest_pa_j2k.dcm", "HAND"), ("dx_chest_raw_j2k.dcm", None)):
+        ds = pydicom.dcmread(corpus / name)
+        if stated:
+            ds.BodyPartExamined = stated
+        elif "BodyPartExamined" in ds:
+            del ds.BodyPartExamined
+        ds.save_as(folder / name)
+    out = tmp_path / "out"
+    assert _scan(folder, out).returncode == 0
+    page = (out / "report.html").read_text()
+    assert "2 inputs; 2 classified; 1 disagree with the Body Part Examined they state; 1 state none" in page
+    assert "<td>dx_chest_pa_j2k.dcm</td><td>HAND</td><td>CHEST</td>" in page
+    assert page.count("data:image/png;base64,") == 3  # status, confusion, one thumbnail
+    assert {p.name for p in (out / "report").iterdir()} == {"status.png", "confusion.png"}
+    chromium = require_tool("chromium", "chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the playwright package is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True)
+        tab = browser.new_page()
+        errors = []
+        tab.on("pageerror", lambda e: errors.append(str(e)))
+        tab.goto((out / "report.html").as_uri())
+        broken = tab.evaluate("Array.from(document.images).filter(i => !i.complete || i.naturalWidth == 0).length")
+        tab.screenshot(path=tmp_path / "report.png", full_page=True)
+        browser.close()
+    assert broken == 0 and not errors
+
+
 def test_a_file_changed_since_the_scan_is_read_again(archive, tmp_path):
     out = tmp_path / "out"
     assert _scan(archive, out).returncode == 0

@@ -59,6 +59,7 @@ class ScanTable:
         self.run_info = dict(run_info)
         self.closed = False
         self.counts: dict[str, int] = {}
+        self._started, self.started = time.monotonic(), time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._rows: list[dict] = []
         self._since = time.monotonic()
         self._pending: dict[str, tuple[str, int, int]] = {}  # source -> (path, size, mtime_ns) in flight
@@ -112,8 +113,12 @@ class ScanTable:
             return self.output_dir / "scan.json"
         self.flush()
         self.closed = True
+        seconds = time.monotonic() - self._started
+        done = sum(self.counts.values())
         summary = {**self.run_info, "complete": interrupted is None, "interrupted_reason": interrupted,
                    "this_scan": self.counts, "parts": len(list(self.folder.glob("part-*.parquet"))),
+                   "started": self.started, "seconds": round(seconds, 1),
+                   "inputs_per_s": round(done / seconds, 2) if done and seconds > 0 else None,
                    "reports_not_written": [{"study_instance_uid": s, "reason": r} for s, r in sorted((reports_not_written or {}).items())],
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         path = self.output_dir / "scan.json"
