@@ -182,3 +182,15 @@ def test_json_metadata_beside_the_images_is_skipped_not_failed(study, tmp_path):
     outcomes, _ = _run(study, tmp_path / "out")
     o = outcomes["dx_pelvis_ddh_1.dcm.json"]
     assert o.status.value == "skipped" and o.reason == "JSON file, not DICOM (instance metadata)"
+
+
+def test_without_dicom_outputs_nothing_is_kept_per_image(study, tmp_path):
+    """An archive scan without DICOM outputs passes millions of images: the writers must keep no state."""
+    outcomes, written = _run(study, tmp_path / "out", corrected="none", reports=False)
+    assert written == [] and all(o.to_json()["outputs"] == {} for o in outcomes.values())
+    model, algorithm = _model("a" * 64)
+    outputs = DicomOutputs(tmp_path / "out", algorithm, CAT, corrected="none", reports=False)
+    for path in sorted(study.iterdir()):
+        (r,) = read_file(path, study).radiographs
+        outputs.add([r], [classified_outcome(r, _prediction(("Pelvis",)), model, CAT)])
+    assert outputs.studies == {} and outputs._seen == {}

@@ -173,6 +173,8 @@ class DicomOutputs:
         return out
 
     def _add(self, item: Radiograph, outcome: InputOutcome) -> InputOutcome:
+        if not self.write_corrected and not self.write_reports:
+            return replace(outcome, outputs=OutputRecord())  # nothing kept per image: a scan's memory stays flat
         c = outcome.classification
         study = self._study(item.study_instance_uid)
         header = item.header if item.header is not None else pydicom.Dataset()
