@@ -189,6 +189,7 @@ def test_invalid_source_uid_is_left_out_of_the_sr_with_a_reason(written):
     assert "sr" not in o.to_json()["outputs"]
 
 
+@pytest.mark.slow  # starts a pool of worker processes
 def test_reports_built_in_worker_processes_match_the_serial_ones(corpus, corpus_labels, written, tmp_path, caplog,
                                                                 monkeypatch):
     """Many studies: SRs come from a process pool, with progress in the log, and say the same."""

@@ -177,6 +177,7 @@ def test_files_read_in_one_gpu_batch_equal_the_cpu_path(gpu_inputs, corpus):
             np.testing.assert_allclose(a.image, b.image, atol=1e-5)
 
 
+@pytest.mark.slow  # starts a pool of worker processes
 def test_readers_take_several_files_per_gpu_call_in_order(gpu_inputs, corpus, monkeypatch, tmp_path):
     """In process: chunks of GPU_FILES_PER_CALL through one fake GPU; in reader processes (no GPU
     there, so the CPU decodes each chunk): the same items in the same order as file by file."""

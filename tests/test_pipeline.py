@@ -13,6 +13,8 @@ from operators.model.model_package import load_package
 from operators.pipeline import BatchFeed, Pipeline
 from tests.conftest import read_results
 
+pytestmark = pytest.mark.slow  # runs the whole data flow, the networks included
+
 FILES = ("dx_pelvis_ddh_1.dcm", "dx_pelvis_ddh_10.dcm", "cr_dental_pano_modlut.dcm")
 
 
