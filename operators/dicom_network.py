@@ -119,6 +119,8 @@ def pull_study(url: str, study_uid: str, dest: Path, auth: DicomwebAuth | None =
     """
     import pydicom
 
+    from .outputs.uids import uid_file_name
+
     client = dicomweb_client(url, auth, timeout)
     try:
         found = client.search_for_instances(study_instance_uid=study_uid, get_remaining=True)  # every page
@@ -134,7 +136,7 @@ def pull_study(url: str, study_uid: str, dest: Path, auth: DicomwebAuth | None =
             ds = client.retrieve_instance(study_uid, series, sop, media_types=(("application/dicom", "*"),))
         except Exception as e:  # noqa: BLE001
             raise _web_error(e, f"retrieving instance {sop}", url) from e
-        path = Path(dest) / _safe(series) / f"{_safe(sop)}.dcm"
+        path = Path(dest) / uid_file_name(series) / f"{uid_file_name(sop)}.dcm"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
@@ -143,10 +145,6 @@ def pull_study(url: str, study_uid: str, dest: Path, auth: DicomwebAuth | None =
         files.append(path)
     log.info("retrieved %d instances of study %s from %s", len(files), study_uid, url)
     return files
-
-
-def _safe(uid: str) -> str:
-    return re.sub(r"[^0-9A-Za-z.]", "_", uid)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from .discovery import InputError, os_reason
 OWN_MANUFACTURER = "bodypart-xr"
 #: Derivation Description (0008,2111) of this app's corrected copies (in a derived series).
 CORRECTED_DERIVATION = "Body Part Examined and Anatomic Region corrected by"
+#: Pixel data elements: dropped from every header copied on (the reader's carried one, the SR's).
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: Plain radiography: what the models are for.
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
 #: Projection X-ray modalities read the same way, reported as such.

@@ -19,7 +19,7 @@ from pydicom.errors import BytesLengthException
 
 from ..outcome import InputOutcome, Status, short_reason
 from .decoding import DecodedPixels, DecodeError, decode_pixels, decode_reduced, transfer_syntax
-from .dicom_header import DX_LIKE_MODALITIES, earlier_report, read_dataset, selection_reason
+from .dicom_header import DX_LIKE_MODALITIES, PIXEL_KEYWORDS, earlier_report, read_dataset, selection_reason
 from .discovery import InputError, NotAnInput, iter_input_files, open_input, relative_source
 from .grey import DEFAULT_MAX_SIDE, to_grey
 from .image_limits import ImageLimits, check_image_header
@@ -30,8 +30,6 @@ if TYPE_CHECKING:  # nvImageCodec is optional: imported where a GPU decoder is m
 #: What pydicom raises when it converts a damaged element on first access (an unknown VR read
 #: from the file, a value whose length does not fit its VR): the file's fault, said as such.
 DAMAGED_ELEMENT = (NotImplementedError, BytesLengthException)
-#: Pixel data elements, dropped from the header a radiograph carries.
-PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 #: Sequences nested deeper than this are dropped from the carried header: it crosses process
 #: boundaries by pickle, which recurses per level, and what the writers copy (patient, study and
 #: series attributes) is never nested so deep; files nested deeper still are read and classified.

@@ -9,7 +9,6 @@ an earlier SR of this app found among the inputs is named as the new report's pr
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -28,7 +27,7 @@ from .corrected_tags import SERIES_NUMBER_OFFSET, corrected_dataset, write_corre
 from .output_files import fatal_output_error, write_atomically
 from .sr import (SERIES_NUMBER, Algorithm, ReportedImage, ReportIdentity, evidence_header, referenceable,
                  text_report, tid1500_report)
-from .uids import derived_uid, model_key
+from .uids import derived_uid, model_key, uid_file_name
 
 log = logging.getLogger("bodypart")
 
@@ -39,8 +38,6 @@ POOL_FROM_STUDIES = 50
 CORRECTED_MODES = ("confident", "all", "none")
 
 
-def _safe(uid: str | None) -> str:
-    return re.sub(r"[^0-9A-Za-z.]", "_", uid or "unknown-study")
 
 
 @dataclass(frozen=True)
@@ -142,7 +139,7 @@ class DicomOutputs:
         return self.studies.setdefault(uid or "", _Study([], set(), []))
 
     def sr_paths(self, study_uid: str | None) -> dict[str, str]:
-        name = _safe(study_uid)
+        name = uid_file_name(study_uid or "unknown-study")
         return {"sr": self._shown(self.sr_dir / f"{name}_tid1500.dcm"), "sr_text": self._shown(self.sr_dir / f"{name}_text.dcm")}
 
     def _shown(self, path: Path) -> str:

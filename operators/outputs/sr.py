@@ -27,7 +27,7 @@ from pydicom.uid import generate_uid
 
 from ..catalogue import SCT, Catalogue
 from ..outcome import ReportReference
-from ..input.dicom_header import OWN_MANUFACTURER
+from ..input.dicom_header import OWN_MANUFACTURER, PIXEL_KEYWORDS
 from . import sr_content as sc
 from .uids import derived_uid
 
@@ -100,7 +100,7 @@ def evidence_header(source: "pydicom.Dataset | str | Path") -> pydicom.Dataset:
     """
     if isinstance(source, pydicom.Dataset):
         ds = copy.deepcopy(source)
-        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        for keyword in PIXEL_KEYWORDS:
             if keyword in ds:
                 del ds[keyword]
     else:

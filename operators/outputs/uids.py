@@ -12,6 +12,7 @@ whatever its entropy sources: it cannot derive.)
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from pydicom.uid import UID
@@ -28,6 +29,12 @@ def derived_uid(kind: str, model_key: str, *sources: str) -> UID:
         raise ValueError("a derived UID needs the model's key")
     name = "\x00".join([kind, model_key, *sources])  # a separator no UID holds: no two lists give one name
     return UID(f"2.25.{uuid.uuid5(NAMESPACE, name).int}")
+
+
+def uid_file_name(uid: str) -> str:
+    """``uid`` as a file or folder name: anything but digits, letters and dots becomes ``_``
+    (archives hold invalid UIDs, some with slashes)."""
+    return re.sub(r"[^0-9A-Za-z.]", "_", uid)
 
 
 def model_key(checksum: str, stacker: str) -> str:
