@@ -149,6 +149,13 @@ def _add_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="reader processes (default: usable cores)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when present)")
     p.add_argument("--dicom-outputs", action="store_true", help="also write the SRs and corrected copies (off for scans)")
+    p.add_argument("--follow-links", action="store_true", help="read through links to files outside ARCHIVE")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this machine's reader processes; ray: Ray Data on a cluster (default: %(default)s)")
+    p.add_argument("--ray-address", metavar="ADDRESS",
+                   help="join this Ray cluster from one of its nodes (auto: the one `ray start` runs here, or HEAD:6379); "
+                        "without it a local Ray starts with --workers CPUs")
+    p.add_argument("--ray-actors", type=int, metavar="N", help="ensemble actors (default: one per GPU of the cluster, or one)")
 
 
 def _add_send(sub: argparse._SubParsersAction) -> None:
@@ -269,12 +276,18 @@ def main(argv: list[str] | None = None) -> int:
         import json
 
         from app.scan import scan
+        from app.scan_ray import RayEngineError
         from operators.model.model_package import ModelPackageError
         from operators.outputs.output_files import OutputError
 
+        if args.engine != "ray" and (args.ray_address or args.ray_actors):
+            log.error("--ray-address and --ray-actors need --engine ray")
+            return 2
         try:
-            path = scan(args.archive, args.output, args.models, args.batch_size, args.workers, args.dicom_outputs, args.device)
-        except (FileNotFoundError, ModelPackageError, OutputError) as e:
+            path = scan(args.archive, args.output, args.models, args.batch_size, args.workers, args.dicom_outputs, args.device,
+                        engine=args.engine, ray_address=args.ray_address, ray_actors=args.ray_actors,
+                        follow_links=args.follow_links)
+        except (FileNotFoundError, ValueError, ModelPackageError, OutputError, RayEngineError) as e:
             log.error("%s", e)
             return 2
         summary = json.loads(path.read_text())

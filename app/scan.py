@@ -5,40 +5,65 @@ outputs) through the same :class:`~operators.pipeline.Pipeline`, in this process
 Holoscan graph; results go to :class:`~operators.outputs.scan_table.ScanTable` instead of
 ``results.json``. Run it again after a kill or a crash: files already in the table are skipped
 (same path, size and modification time), the rest are read, none is recorded twice.
+
+``engine="ray"`` schedules the same per-file work on a Ray cluster (:mod:`app.scan_ray`) and
+writes the same table.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Iterator
 
 log = logging.getLogger("bodypart")
 
 
+ENGINES = ("local", "ray")
+
+
 def scan(archive: Path, output: Path, models: Path | None = None, batch_size: int = 16, workers: int | None = None,
-         dicom_outputs: bool = False, device: str | None = None, progress: bool = True) -> Path:
+         dicom_outputs: bool = False, device: str | None = None, progress: bool = True, engine: str = "local",
+         ray_address: str | None = None, ray_actors: int | None = None, follow_links: bool = False) -> Path:
     """Scan ``archive`` into ``output``, then write the archive report (``OUT/report.html``); return
     ``OUT/scan.json`` (``complete`` says whether it finished).
+
+    Parameters
+    ----------
+    workers
+        Reader processes (local engine), or the CPUs of the local Ray instance it starts (Ray
+        engine without ``ray_address``); default: the usable cores.
+    engine
+        ``local`` (this machine, reader processes) or ``ray`` (Ray Data on the cluster at
+        ``ray_address``, or a local one); ``ray_actors``: ensemble actors (default: one per GPU, or one).
+    follow_links
+        Read through links to outside ``archive`` (a farm of links to the real files).
 
     Raises
     ------
     FileNotFoundError
         ``archive`` does not exist.
-    ModelPackageError, OutputError
-        The model package or the output folder cannot be used (before any file is read).
+    ValueError
+        An unknown engine, or DICOM outputs asked of the Ray engine.
+    ModelPackageError, OutputError, RayEngineError
+        The model package, the output folder or Ray cannot be used (before any file is read).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "ray" and dicom_outputs:
+        # an SR covers a whole study, whose images the actors see apart: write them with a local run
+        raise ValueError("--dicom-outputs needs the local engine (SRs cover whole studies)")
     from tqdm import tqdm
 
     from app.app import resolve_model_path
-    from operators.input.batching import default_workers, iter_batches
-    from operators.input.discovery import iter_input_files, relative_source
+    from operators.input.batching import DecodeOptions, default_workers, iter_batches
     from operators.model.ensemble import Ensemble
     from operators.model.model_package import load_package
     from operators.outputs.output_files import OutputFolderLock
     from operators.outputs.archive_report import write_report
     from operators.outputs.report import Progress
-    from operators.outputs.scan_table import ScanTable, file_key
+    from operators.outputs.scan_table import ScanTable, read_listing, write_listing
     from operators.pipeline import BatchFeed, Pipeline
 
     archive, output = Path(archive), Path(output)
@@ -46,35 +71,83 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
         raise FileNotFoundError(f"archive {archive} does not exist")
     lock = OutputFolderLock(output).acquire()
     try:
-        package = load_package(resolve_model_path(models))
+        package_path = resolve_model_path(models)
+        package = load_package(package_path)
+        decode = DecodeOptions(follow_links=follow_links)
+        if engine == "ray":
+            return _scan_ray(archive, output, package, package_path, decode, batch_size, workers, device, progress,
+                             ray_address, ray_actors)
         ensemble = Ensemble(package, device=device)
-        table = ScanTable(output, {"archive": str(archive), "model": ensemble.info.to_json()})
+        table = ScanTable(output, {"archive": str(archive), "engine": "local", "model": ensemble.info.to_json()})
         done = table.done()
-        todo = sum(1 for p in iter_input_files(archive) if file_key(p, relative_source(p, archive)) not in done)
+        listing, todo = write_listing(archive, output, done, follow_links)
         log.info("%s: %d inputs to read, %d done by an earlier scan", archive, todo, len(done))
+        del done  # the listing has what is left
 
         def remaining() -> Iterator[Path]:
-            for path in iter_input_files(archive):
-                source = relative_source(path, archive)
-                key = file_key(path, source)
-                if key in done:
-                    continue
-                if key is not None:
-                    table.expect(source, path, key[1], key[2])
-                yield path
+            for row in read_listing(listing):
+                if row["size"] >= 0:
+                    table.expect(row["source"], row["path"], row["size"], row["mtime_ns"])
+                yield Path(row["path"])
 
         workers = default_workers() if workers is None else workers
         pipeline = Pipeline(ensemble, output, archive, dicom_outputs=dicom_outputs, results=table, workers=workers)
         pipeline.progress = Progress(every=0, each=False)  # the bar shows progress; failures still logged
-        feed = BatchFeed(iter_batches(archive, package.preprocessing, batch_size, workers, files=remaining()),
+        feed = BatchFeed(iter_batches(archive, package.preprocessing, batch_size, workers, decode, files=remaining()),
                          pipeline.status)
         with tqdm(total=todo, unit="file", disable=not progress, smoothing=0.05) as bar:
             for batch in feed:
                 outcomes = pipeline.add(batch)
                 bar.update(len({o.source for o in outcomes}))
         pipeline.close(all_inputs_read=False)  # the feed says whether every input was read
+        shutil.rmtree(listing, ignore_errors=True)
         report = write_report(output)
         log.info("archive report: %s", report)
         return output / "scan.json"
     finally:
         lock.release()
+
+
+def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, batch_size: int, cpus: int | None,
+              device: str | None, progress: bool, address: str | None, actors: int | None) -> Path:
+    """The Ray engine's scan (the caller holds the output folder's lock)."""
+    from tqdm import tqdm
+
+    from app import scan_ray
+    from operators.model.ensemble import model_info
+    from operators.outputs.archive_report import write_report
+    from operators.outputs.scan_table import ScanTable, write_listing
+
+    ray = scan_ray.start_ray(address, cpus)
+    try:
+        gpus = 0 if device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
+        info = model_info(package, device=device or ("cuda" if gpus else "cpu")).to_json()
+        table = ScanTable(output, {"archive": str(archive), "engine": "ray", "ray_address": address,
+                                   "ray_nodes": len(ray.nodes()), "model": info})
+        done = table.done()
+        listing, todo = write_listing(archive, output, done, decode.follow_links)
+        log.info("%s: %d inputs to read, %d done by an earlier scan (Ray: %s)", archive, todo, len(done),
+                 ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU")))
+        interrupted = None
+        with tqdm(total=todo, unit="file", disable=not progress, smoothing=0.05) as bar:
+            def on_rows(rows: list[dict]) -> None:
+                bar.update(len({r["source"] for r in rows}))
+
+            try:
+                if todo:
+                    scan_ray.run(ray, listing, todo, table, package_path, archive, package.preprocessing, decode,
+                                 batch_size, device, actors, on_rows)
+            except KeyboardInterrupt:
+                interrupted = "interrupted (Ctrl-C)"
+                raise
+            except Exception as e:  # noqa: BLE001 - the cluster went away: keep what was recorded
+                interrupted = f"Ray: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log.error("the scan stopped: %s", interrupted)
+            finally:
+                table.close(interrupted=interrupted)
+        shutil.rmtree(listing, ignore_errors=True)
+        report = write_report(output)
+        log.info("archive report: %s", report)
+        return output / "scan.json"
+    finally:
+        ray.shutdown()

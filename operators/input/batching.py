@@ -44,6 +44,7 @@ GPU_FILES_PER_CALL = 8
 #: Per reader process: its own GPU decoder (a CUDA context cannot cross processes). Set once by
 #: :func:`_reader_init`; never used in the parent process.
 _WORKER_GPU: list[GpuDecoder | None] = [None]
+_WORKER_STARTED = [False]
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,15 @@ def limit_reader_memory(limits: ImageLimits) -> int | None:
     return cap
 
 
+def start_reader(decode: DecodeOptions) -> None:
+    """Make this process a reader once (as :func:`_reader_init` does for the reader pool's): for
+    workers that a scheduler such as Ray starts and reuses."""
+    if _WORKER_STARTED[0]:
+        return
+    _reader_init(resolve_mode(decode.gpu), decode.gpu_device, decode.limits, logging.getLogger("bodypart").isEnabledFor(logging.DEBUG))
+    _WORKER_STARTED[0] = True
+
+
 def prepare_in_reader(paths: list[Path], root: Path, preprocessing: Preprocessing, decode: DecodeOptions):
     """:func:`prepare_files` with this reader's GPU decoder (set once by :func:`_reader_init`)."""
     return prepare_files(paths, root, preprocessing, _WORKER_GPU[0], decode)
@@ -205,13 +215,14 @@ def iter_batches(root: Path, preprocessing: Preprocessing, batch_size: int = 16,
         if tensor is not None:
             tensors.append(tensor)
         if len(tensors) >= batch_size:
-            yield _batch(items, tensors, preprocessing)
+            yield make_batch(items, tensors, preprocessing)
             items, tensors = [], []
     if items:
-        yield _batch(items, tensors, preprocessing)
+        yield make_batch(items, tensors, preprocessing)
 
 
-def _batch(items, tensors, preprocessing: Preprocessing) -> Batch:
+def make_batch(items: list[Radiograph | InputOutcome], tensors: list[torch.Tensor], preprocessing: Preprocessing) -> Batch:
+    """A batch of prepared items and their radiographs' tensors (normalised here, once per batch)."""
     tensor = preprocessing.normalise(torch.stack(tensors)) if tensors else None
     if tensor is not None and torch.cuda.is_available():
         tensor = tensor.pin_memory()  # lets the copy to the GPU overlap (non_blocking)

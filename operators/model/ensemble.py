@@ -84,9 +84,7 @@ class Ensemble:
     @property
     def info(self) -> ModelInfo:
         """The package and decision settings this ensemble classifies with, as results record them."""
-        p = self.package
-        return ModelInfo(p.name, p.version, p.checksum, self.stacker_kind, str(self.device), p.classes, p.trained_classes,
-                         {c: float(self.thresholds[p.classes.index(c)]) for c in p.trained_classes})
+        return model_info(self.package, self.stacker_kind, str(self.device))
 
     @property
     def member_names(self) -> list[str]:
@@ -129,6 +127,14 @@ class Ensemble:
             needs_review=reason is not None,
             review_reason=reason,
         )
+
+
+def model_info(package: ModelPackage, stacker: str | None = None, device: str = "cpu") -> ModelInfo:
+    """What an ensemble of ``package`` with ``stacker`` on ``device`` classifies with, without loading it."""
+    p, stacker = package, stacker or package.stacker_kind
+    thresholds = p.calibration(stacker).thresholds
+    return ModelInfo(p.name, p.version, p.checksum, stacker, device, p.classes, p.trained_classes,
+                     {c: float(thresholds[c]) for c in p.trained_classes})
 
 
 def decide(

@@ -2,6 +2,7 @@
 
     OUT/results/part-000001.parquet, part-000002.parquet, ...   one row per input
     OUT/scan.json                                                 written when the scan ends
+    OUT/.listing/listing-*.parquet                                what this scan reads (removed at the end)
 
 Rows are flushed in parts of :data:`ROWS_PER_PART` (or every :data:`SECONDS_PER_PART`), each
 written to a hidden name and renamed, so a part is whole or absent: a scan killed at any moment
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
+from ..input.discovery import iter_input_files, relative_source
 from ..outcome import InputOutcome
 from .output_files import write_atomically
 from .results import instance_record
@@ -26,6 +29,10 @@ from .results import instance_record
 #: Rows per Parquet part, and the longest a row waits for its part to be written.
 ROWS_PER_PART = 512
 SECONDS_PER_PART = 30.0
+#: Listing rows per Parquet file of a listing (a scan holds one chunk at a time).
+LISTING_CHUNK = 50_000
+#: Where a scan lists what it is to read.
+LISTING = ".listing"
 #: Scalar fields of an instance record kept as their own columns (the rest: ``record``).
 SCALARS = ("source", "status", "reason", "frame", "study_instance_uid", "series_instance_uid", "sop_instance_uid",
            "modality", "manufacturer", "manufacturer_model_name", "transfer_syntax", "decoder", "photometric_interpretation",
@@ -80,14 +87,13 @@ class ScanTable:
         self._pending[source] = (str(path), size, mtime_ns)
 
     def add(self, outcomes: Iterable[InputOutcome]) -> None:
-        for outcome in outcomes:
-            record = instance_record(outcome)
-            path, size, mtime = self._pending.get(outcome.source, (None, None, None))
-            row = {"path": path, "size": size, "mtime_ns": mtime, "record": json.dumps(record)}
-            row.update({k: record.get(k) for k in SCALARS})
-            row.update({k: json.dumps(record.get(k)) for k in JSON_FIELDS})
+        self.add_rows([scan_row(o, *self._pending.get(o.source, (None, None, None))) for o in outcomes])
+
+    def add_rows(self, rows: Iterable[dict]) -> None:
+        """Rows made by :func:`scan_row` elsewhere (a Ray engine's actors)."""
+        for row in rows:
             self._rows.append(row)
-            self.counts[record["status"]] = self.counts.get(record["status"], 0) + 1
+            self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
         if len(self._rows) >= ROWS_PER_PART or time.monotonic() - self._since > SECONDS_PER_PART:
             self.flush()
 
@@ -95,10 +101,9 @@ class ScanTable:
         """Write the rows waiting as one part (whole or not at all); its path."""
         if not self._rows:
             return None
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist(self._rows, schema=_schema())
+        table = rows_table(self._rows)
         path = self.folder / f"part-{self._next:06d}.parquet"
         write_atomically(path, lambda fh: pq.write_table(table, fh))
         for row in self._rows:  # recorded: their identities are no longer in flight
@@ -126,6 +131,22 @@ class ScanTable:
         return path
 
 
+def scan_row(outcome: InputOutcome, path: str | None, size: int | None, mtime_ns: int | None) -> dict:
+    """The table row of one outcome of the file at ``path`` (its size and mtime when listed)."""
+    record = instance_record(outcome)
+    row = {"path": None if path is None else str(path), "size": size, "mtime_ns": mtime_ns, "record": json.dumps(record)}
+    row.update({k: record.get(k) for k in SCALARS})
+    row.update({k: json.dumps(record.get(k)) for k in JSON_FIELDS})
+    return row
+
+
+def rows_table(rows: list[dict]):
+    """Rows as a pyarrow Table with the scan table's schema."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows, schema=_schema())
+
+
 def read_table(output_dir: Path):
     """Every row of a scan as one pyarrow Table (all parts)."""
     import pyarrow.parquet as pq
@@ -140,3 +161,44 @@ def file_key(path: Path, source: str) -> tuple[str, int, int] | None:
     except OSError:
         return None
     return source, st.st_size, st.st_mtime_ns
+
+
+def write_listing(archive: Path, output_dir: Path, done: set, follow_links: bool = False) -> tuple[Path, int]:
+    """The files under ``archive`` that ``done`` (:meth:`ScanTable.done`) lacks, listed as Parquet
+    (columns path, source, size, mtime_ns; -1 for a file that cannot be stat'ed: its reader says
+    why) under ``OUT/.listing``; returns (that folder, how many).
+
+    One walk and one stat per file, at most :data:`LISTING_CHUNK` rows held: the progress bar gets
+    its total, the Ray engine a dataset, and each file is keyed as it was when listed.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(output_dir) / LISTING
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier scan's: the table says what is done
+    folder.mkdir(parents=True)
+    rows: dict[str, list] = {"path": [], "source": [], "size": [], "mtime_ns": []}
+    count, chunks = 0, 0
+    for path in iter_input_files(archive, follow_links):
+        source = relative_source(path, archive)
+        key = file_key(path, source)
+        if key in done:
+            continue
+        for column, value in zip(rows, (str(path), source, *(key[1:] if key else (-1, -1)))):
+            rows[column].append(value)
+        count += 1
+        if len(rows["path"]) >= LISTING_CHUNK:
+            pq.write_table(pa.table(rows), folder / f"listing-{chunks:06d}.parquet")
+            chunks += 1
+            rows = {k: [] for k in rows}
+    if rows["path"]:
+        pq.write_table(pa.table(rows), folder / f"listing-{chunks:06d}.parquet")
+    return folder, count
+
+
+def read_listing(folder: Path) -> Iterator[dict]:
+    """The rows of a listing written by :func:`write_listing`, in listing order."""
+    import pyarrow.parquet as pq
+
+    for chunk in sorted(Path(folder).glob("listing-*.parquet")):
+        yield from pq.read_table(chunk).to_pylist()

@@ -1,0 +1,184 @@
+"""``bodypart scan --engine ray``: the same scan on a Ray cluster, with Ray Data.
+
+    listing (the driver: scan_table.write_listing) -> read_parquet -> blocks of FILES_PER_TASK files
+      -> map_batches(read_files_task)     CPU tasks: prepare_files, what a reader process does
+      -> map_batches(Classifier)          actor pool: the ensemble (num_gpus=1 each where GPUs exist)
+      -> driver: ScanTable               Parquet parts, whole or absent, as the local engine writes them
+
+The per-file work is the local engine's own (:func:`~operators.input.batching.prepare_files`,
+:func:`~operators.model.classify.classify_batch`, :func:`~operators.outputs.scan_table.scan_row`);
+only the scheduling differs. The driver writes the table, so resume works exactly as for the
+local engine. The archive and the output folder (whose ``.listing`` the read tasks read) must be
+at the same path on every node.
+
+What the reader pool does for damaged files is done here by Ray: a decoder that crashes, a
+reader over its memory cap or over its time limit (a watchdog ends the worker) loses its block;
+Ray retries it once, the scan goes on without it (``max_errored_blocks = -1``), and the files of lost
+blocks are read again one per block; a file whose block is lost again is recorded ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import threading
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from operators.input.batching import DecodeOptions
+from operators.input.preprocessing import Preprocessing
+from operators.outcome import InputOutcome, Status
+from operators.outputs.dicom_outputs import OutputRecord
+from operators.outputs.scan_table import ScanTable, read_listing, scan_row
+
+log = logging.getLogger("bodypart")
+
+#: Files per read task: small, so that a file that kills its worker costs few others a re-read.
+FILES_PER_TASK = 4
+#: Retries of a read task whose worker died (a file that kills its worker once kills it again).
+READ_RETRIES = 1
+
+
+class RayEngineError(RuntimeError):
+    """Ray cannot start or be joined (the scan has not begun)."""
+
+
+def start_ray(address: str | None, cpus: int | None):
+    """Join the cluster at ``address`` (``auto``: the one ``ray start`` runs here), or start a
+    local one with ``cpus`` CPUs; Ray's own progress bars and driver log echo off."""
+    try:
+        import ray
+    except ImportError as e:
+        raise RayEngineError("the Ray engine needs Ray Data: pip install 'ray[data]'") from e
+    try:
+        if address:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise RayEngineError(f"cannot {'join Ray at ' + address if address else 'start Ray'}: {e}") from e
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the scan's own bar counts files
+    ctx.max_errored_blocks = -1  # a block lost to a crashing decoder must not end the scan
+    return ray
+
+
+def read_files_task(batch: dict, root: str, preprocessing: Preprocessing, decode: DecodeOptions) -> dict:
+    """Ray Data task: read and preprocess the files of ``batch`` (columns path, size, mtime_ns);
+    one row per outcome, the prepared item and its tensor pickled in ``prepared``."""
+    from operators.input.batching import prepare_in_reader, start_reader
+
+    start_reader(decode)
+    out: dict[str, list] = {"path": [], "size": [], "mtime_ns": [], "prepared": []}
+    paths = [str(p) for p in batch["path"]]
+    # A file that loops in a native decoder cannot be interrupted: end the worker (the block is lost
+    # and its files are read again one by one, see the module docstring).
+    watchdog = threading.Timer(decode.seconds_per_file * len(paths), os._exit, (70,)) if decode.seconds_per_file else None
+    if watchdog:
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        for path, size, mtime in zip(paths, batch["size"], batch["mtime_ns"]):
+            for item, tensor in prepare_in_reader([Path(path)], Path(root), preprocessing, decode):
+                out["path"].append(path)
+                out["size"].append(int(size) if size >= 0 else None)
+                out["mtime_ns"].append(int(mtime) if mtime >= 0 else None)
+                out["prepared"].append(pickle.dumps((item, None if tensor is None else tensor.numpy())))
+    finally:
+        if watchdog:
+            watchdog.cancel()
+    return out
+
+
+class Classifier:
+    """Ray Data actor: one loaded ensemble, classifying prepared rows into table rows."""
+
+    def __init__(self, package_path: str, device: str | None, stacker: str | None = None):
+        import torch
+
+        from operators.catalogue import Catalogue
+        from operators.model.ensemble import Ensemble
+        from operators.model.model_package import load_package
+
+        if not device or device == "cpu":
+            torch.set_num_threads(1)  # the CPUs are the readers'; a batch of 16 still takes < 1 s
+        package = load_package(Path(package_path))
+        self.ensemble = Ensemble(package, device=device, stacker=stacker)
+        self.preprocessing = package.preprocessing
+        self.catalogue = Catalogue.default()
+
+    def __call__(self, batch: dict):
+        import torch
+
+        from operators.input.batching import make_batch
+        from operators.model.classify import classify_batch
+        from operators.outputs.scan_table import rows_table
+
+        items, tensors = [], []
+        for blob in batch["prepared"]:
+            item, tensor = pickle.loads(blob)
+            items.append(item)
+            if tensor is not None:
+                tensors.append(torch.from_numpy(tensor))
+        outcomes = classify_batch(self.ensemble, make_batch(items, tensors, self.preprocessing), self.catalogue)
+        # no DICOM outputs on this engine: recorded as the local engine records a scan without them
+        outcomes = [replace(o, outputs=OutputRecord()) if o.classification is not None else o for o in outcomes]
+        rows = [scan_row(o, p, _int(s), _int(m)) for o, p, s, m in zip(outcomes, batch["path"], batch["size"], batch["mtime_ns"])]
+        return rows_table(rows)
+
+
+def _int(v) -> int | None:
+    return None if v is None or v != v else int(v)  # NaN: a null that crossed pandas
+
+
+def run(ray, listing, todo: int, table: ScanTable, package_path: Path, root: Path, preprocessing: Preprocessing,
+        decode: DecodeOptions, batch_size: int, device: str | None, actors: int | None,
+        on_rows: Callable[[list[dict]], None], read: Callable[..., dict] = read_files_task) -> int:
+    """Scan the files of the ``listing`` folder into ``table``; the number of files whose blocks were
+    lost twice (recorded as failed). ``read``: the read task (:func:`read_files_task`, or one that
+    wraps it)."""
+    gpus = 0 if device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
+    actors = actors or max(1, gpus)
+    actor_device = device or ("cuda" if gpus else "cpu")
+
+    def scan_pass(ds, files: int, per_task: int) -> set[str]:
+        seen: set[str] = set()
+        with warnings.catch_warnings():
+            # Ray Data retries a task whose worker died forever by default; a file that crashes its
+            # decoder must cost one retry, not the scan. Named per-task retries replace this in Ray 2.64.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            prepared = ds.repartition(max(1, math.ceil(files / per_task))).map_batches(
+                read, batch_size=per_task, num_cpus=1, max_retries=READ_RETRIES,
+                fn_kwargs={"root": str(root), "preprocessing": preprocessing, "decode": decode})
+        classified = prepared.map_batches(
+            # a CPU actor reserves no CPU: the readers' work is 20 times its own (as in the local engine,
+            # whose readers take every core while the main process classifies)
+            Classifier, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
+            num_cpus=1 if gpus else 0, fn_constructor_kwargs={"package_path": str(package_path), "device": actor_device})
+        for part in classified.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = part.to_pylist()
+            table.add_rows(rows)
+            seen.update(r["path"] for r in rows)
+            on_rows(rows)
+        return seen
+
+    seen = scan_pass(ray.data.read_parquet(str(listing)), todo, FILES_PER_TASK)
+    lost = [r for r in read_listing(listing) if r["path"] not in seen]
+    if not lost:
+        return 0
+    log.warning("%d files were in blocks whose Ray worker died; reading them again one per task", len(lost))
+    seen = scan_pass(ray.data.from_items(lost), len(lost), 1)
+    failed = [r for r in lost if r["path"] not in seen]
+    for r in failed:
+        reason = ("its Ray worker died reading it twice (a decoder crash, the reader memory cap, or over "
+                  f"{decode.seconds_per_file:g} s)" if decode.seconds_per_file else "its Ray worker died reading it twice")
+        log.error("%s: failed: %s", r["source"], reason)
+        row = scan_row(InputOutcome(r["source"], Status.FAILED, reason), r["path"], _int(r["size"]) if r["size"] >= 0 else None,
+                       _int(r["mtime_ns"]) if r["mtime_ns"] >= 0 else None)
+        table.add_rows([row])
+        on_rows([row])
+    return len(failed)

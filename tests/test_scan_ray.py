@@ -1,0 +1,138 @@
+"""``bodypart scan --engine ray`` on a local Ray instance with 2 CPUs: the local engine's rows, a
+resume after a kill, and files whose Ray worker dies (real corpus files, the shipped package)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from operators.outputs.scan_table import read_table
+from tests.conftest import ROOT
+from tests.test_scan import FILES, _scan, archive  # noqa: F401 - the same archive fixture
+
+pytestmark = pytest.mark.slow  # starts Ray (about 15 s) and classifies the corpus files
+
+
+def _scan_ray(archive, out, *extra):
+    return subprocess.run([sys.executable, "-m", "app.cli", "scan", str(archive), "-o", str(out), "--engine", "ray",
+                           "--workers", "2", "--batch-size", "2", *extra], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, start_new_session=True)
+
+
+def _comparable(row: dict) -> dict:
+    record = json.loads(row["record"])
+    probabilities = record.pop("probabilities", None) or {}
+    record.pop("member_probabilities", None)
+    return {"path": row["path"], "size": row["size"], "mtime_ns": row["mtime_ns"], **record,
+            "_probabilities": {k: round(v, 4) for k, v in probabilities.items()}}
+
+
+def test_the_ray_engine_gives_the_local_engines_rows(archive, tmp_path):  # noqa: F811
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert _scan(archive, local).returncode == 0
+    proc = _scan_ray(archive, on_ray)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = {r["source"]: r for r in read_table(local).to_pylist()}
+    b = {r["source"]: r for r in read_table(on_ray).to_pylist()}
+    assert len(b) == read_table(on_ray).num_rows == len(FILES) + 1  # every input once
+    assert set(a) == set(b)
+    for source in a:
+        ra, rb = _comparable(a[source]), _comparable(b[source])
+        # the same labels, statuses, reasons and tags; probabilities equal to 1e-4 (float sums in
+        # another order: the actor classifies with one thread, the local engine with two)
+        assert ra == rb, source
+        pa, pb = json.loads(a[source]["probabilities"]), json.loads(b[source]["probabilities"])
+        assert (pa is None) == (pb is None) and all(abs(pa[k] - pb[k]) < 1e-4 for k in pa or {})
+    summary = json.loads((on_ray / "scan.json").read_text())
+    assert summary["complete"] is True and summary["engine"] == "ray" and summary["this_scan"] == {"classified": 8, "failed": 1}
+    assert (on_ray / "report.html").exists()
+
+
+@pytest.fixture
+def larger_archive(archive):  # noqa: F811
+    """The archive three times over (25 inputs): Ray's rows come in bursts of a read task's 4 files."""
+    for copy in (1, 2):
+        shutil.copytree(archive, archive / f"copy{copy}", ignore=shutil.ignore_patterns("copy*"))
+    return archive
+
+
+def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tmp_path):
+    archive, inputs = larger_archive, 3 * (len(FILES) + 1)
+    out = tmp_path / "out"
+    # parts of two rows, so that a kill lands between parts; the whole group is killed (Ray's servers too)
+    proc = subprocess.Popen([sys.executable, "-c", "import operators.outputs.scan_table as t, sys; t.ROWS_PER_PART = 2; "
+                             "from app.cli import main; sys.exit(main(sys.argv[1:]))", "scan", str(archive), "-o", str(out),
+                             "--engine", "ray", "--workers", "2", "--batch-size", "2"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None and len(list((out / "results").glob("part-*.parquet"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = read_table(out).to_pylist()
+    assert 0 < len(first) < inputs, "the kill should land half way"
+    assert not (out / "scan.json").exists()
+    again = _scan_ray(archive, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = read_table(out).to_pylist()
+    sources = [r["source"] for r in rows]
+    assert len(sources) == len(set(sources)) == inputs  # every input once
+    assert {r["source"]: r["record"] for r in rows if r["source"] in {f["source"] for f in first}} == {
+        f["source"]: f["record"] for f in first}
+    assert sum(json.loads((out / "scan.json").read_text())["this_scan"].values()) == inputs - len(first)
+
+
+def crash_on_marked_files(batch: dict, **kwargs) -> dict:
+    """The read task, except that a file named ``*crash*`` kills its worker as a crashing decoder does."""
+    from app.scan_ray import read_files_task
+
+    if any("crash" in str(p) for p in batch["path"]):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return read_files_task(batch, **kwargs)
+
+
+def test_a_file_that_kills_its_ray_worker_fails_alone(corpus, tmp_path):
+    """Its block's other files are read again one per task and classified; it is recorded failed."""
+    from app import scan_ray
+    from operators.input.batching import DecodeOptions
+    from operators.model.model_package import load_package
+    from operators.outputs.scan_table import ScanTable, write_listing
+    from app.app import DEFAULT_MODEL
+
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    names = FILES[:5] + ["crash.dcm"]
+    for name in names:
+        shutil.copyfile(corpus / (FILES[0] if name == "crash.dcm" else name), folder / name)
+    out = tmp_path / "out"
+    package = load_package(DEFAULT_MODEL)
+    table = ScanTable(out, {"archive": str(folder)})
+    listing, todo = write_listing(folder, out, set())
+    assert todo == len(names)
+    rt = scan_ray.start_ray(None, 2)
+    try:
+        failed = scan_ray.run(rt, listing, todo, table, DEFAULT_MODEL, folder, package.preprocessing, DecodeOptions(),
+                              batch_size=4, device="cpu", actors=1, on_rows=lambda rows: None, read=crash_on_marked_files)
+    finally:
+        rt.shutdown()
+    table.close()
+    rows = {r["source"]: r for r in read_table(out).to_pylist()}
+    assert failed == 1 and set(rows) == set(names) and len(read_table(out)) == len(names)
+    assert rows["crash.dcm"]["status"] == "failed" and "Ray worker died reading it twice" in rows["crash.dcm"]["reason"]
+    assert all(rows[n]["status"] == "classified" for n in names if n != "crash.dcm")
+
+
+def test_dicom_outputs_and_ray_options_are_refused_where_they_cannot_work(archive, tmp_path):  # noqa: F811
+    proc = _scan_ray(archive, tmp_path / "a", "--dicom-outputs")
+    assert proc.returncode == 2 and "--dicom-outputs needs the local engine" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "scan", str(archive), "-o", str(tmp_path / "b"),
+                           "--ray-address", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "need --engine ray" in proc.stderr
+    assert not (tmp_path / "a" / "results").exists() and not (tmp_path / "b").exists()
