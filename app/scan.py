@@ -13,6 +13,7 @@ writes the same table.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -86,9 +87,10 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
 
         def remaining() -> Iterator[Path]:
             for row in read_listing(listing):
+                path = Path(os.fsdecode(row["path"]))
                 if row["size"] >= 0:
-                    table.expect(row["source"], row["path"], row["size"], row["mtime_ns"])
-                yield Path(row["path"])
+                    table.expect(row["source"], path, row["size"], row["mtime_ns"])
+                yield path
 
         workers = default_workers() if workers is None else workers
         pipeline = Pipeline(ensemble, output, archive, dicom_outputs=dicom_outputs, results=table, workers=workers)
@@ -128,9 +130,13 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
         listing, todo = write_listing(archive, output, done, decode.follow_links)
         log.info("%s: %d inputs to read, %d done by an earlier scan (Ray: %s)", archive, todo, len(done),
                  ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU")))
+        del done  # the listing has what is left
         interrupted = None
         with tqdm(total=todo, unit="file", disable=not progress, smoothing=0.05) as bar:
             def on_rows(rows: list[dict]) -> None:
+                for r in rows:  # as the local engine's progress log does
+                    if r["status"] == "failed":
+                        log.warning("%s: failed: %s", r["source"], r["reason"])
                 bar.update(len({r["source"] for r in rows}))
 
             try:
@@ -140,9 +146,10 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
             except KeyboardInterrupt:
                 interrupted = "interrupted (Ctrl-C)"
                 raise
-            except Exception as e:  # noqa: BLE001 - the cluster went away: keep what was recorded
-                interrupted = f"Ray: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            except Exception as e:  # noqa: BLE001 - the cluster went away, the disk is full: keep what was recorded
+                interrupted = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 log.error("the scan stopped: %s", interrupted)
+                log.debug("the scan stopped", exc_info=True)
             finally:
                 table.close(interrupted=interrupted)
         shutil.rmtree(listing, ignore_errors=True)

@@ -8,22 +8,23 @@
 The per-file work is the local engine's own (:func:`~operators.input.batching.prepare_files`,
 :func:`~operators.model.classify.classify_batch`, :func:`~operators.outputs.scan_table.scan_row`);
 only the scheduling differs. The driver writes the table, so resume works exactly as for the
-local engine. The archive and the output folder (whose ``.listing`` the read tasks read) must be
-at the same path on every node.
+local engine.
 
-What the reader pool does for damaged files is done here by Ray: a decoder that crashes, a
-reader over its memory cap or over its time limit (a watchdog ends the worker) loses its block;
-Ray retries it once, the scan goes on without it (``max_errored_blocks = -1``), and the files of lost
-blocks are read again one per block; a file whose block is lost again is recorded ``failed``.
+What the reader pool does for damaged files is done here with Ray: errors that raise fail their
+file with the reason, as in a reader; a task whose worker dies (a decoder crash, the OOM killer,
+the per-file time limit: ``faulthandler`` ends the worker, from a thread that needs no GIL) is
+retried once, then its block is dropped and the scan goes on (``max_errored_blocks = -1``); the
+files of dropped blocks are read again one per task, and a file whose worker dies again is
+recorded ``failed``. The archive, the model package and the output folder (whose ``.listing`` the
+read tasks read) must be at the same paths on every node.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
-import math
 import os
 import pickle
-import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +32,8 @@ from typing import Callable
 
 from operators.input.batching import DecodeOptions
 from operators.input.preprocessing import Preprocessing
-from operators.outcome import InputOutcome, Status
+from operators.input.discovery import display_path, relative_source
+from operators.outcome import InputOutcome, Status, short_reason
 from operators.outputs.dicom_outputs import OutputRecord
 from operators.outputs.scan_table import ScanTable, read_listing, scan_row
 
@@ -39,8 +41,12 @@ log = logging.getLogger("bodypart")
 
 #: Files per read task: small, so that a file that kills its worker costs few others a re-read.
 FILES_PER_TASK = 4
-#: Retries of a read task whose worker died (a file that kills its worker once kills it again).
+#: Retries of a read task whose worker died, before its files are read one per task (once each:
+#: a file that kills its worker kills it again).
 READ_RETRIES = 1
+#: Environment that sets the read tasks' workers apart: a reader caps its own memory and offers
+#: itself to the OOM killer, which Ray's other tasks must not inherit.
+READER_ENV = {"env_vars": {"BODYPART_RAY_READER": "1"}}
 
 
 class RayEngineError(RuntimeError):
@@ -52,13 +58,15 @@ def start_ray(address: str | None, cpus: int | None):
     local one with ``cpus`` CPUs; Ray's own progress bars and driver log echo off."""
     try:
         import ray
+        import ray.data
     except ImportError as e:
         raise RayEngineError("the Ray engine needs Ray Data: pip install 'ray[data]'") from e
     try:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        else:  # "local": never a cluster that RAY_ADDRESS or an earlier `ray start` names
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise RayEngineError(f"cannot {'join Ray at ' + address if address else 'start Ray'}: {e}") from e
     ctx = ray.data.DataContext.get_current()
@@ -68,29 +76,29 @@ def start_ray(address: str | None, cpus: int | None):
 
 
 def read_files_task(batch: dict, root: str, preprocessing: Preprocessing, decode: DecodeOptions) -> dict:
-    """Ray Data task: read and preprocess the files of ``batch`` (columns path, size, mtime_ns);
-    one row per outcome, the prepared item and its tensor pickled in ``prepared``."""
+    """Ray Data task: read and preprocess the files of ``batch`` (columns path as bytes, size,
+    mtime_ns); one row per outcome, the prepared item and its tensor pickled in ``prepared``."""
     from operators.input.batching import prepare_in_reader, start_reader
 
     start_reader(decode)
     out: dict[str, list] = {"path": [], "size": [], "mtime_ns": [], "prepared": []}
-    paths = [str(p) for p in batch["path"]]
-    # A file that loops in a native decoder cannot be interrupted: end the worker (the block is lost
-    # and its files are read again one by one, see the module docstring).
-    watchdog = threading.Timer(decode.seconds_per_file * len(paths), os._exit, (70,)) if decode.seconds_per_file else None
-    if watchdog:
-        watchdog.daemon = True
-        watchdog.start()
-    try:
-        for path, size, mtime in zip(paths, batch["size"], batch["mtime_ns"]):
-            for item, tensor in prepare_in_reader([Path(path)], Path(root), preprocessing, decode):
-                out["path"].append(path)
-                out["size"].append(int(size) if size >= 0 else None)
-                out["mtime_ns"].append(int(mtime) if mtime >= 0 else None)
-                out["prepared"].append(pickle.dumps((item, None if tensor is None else tensor.numpy())))
-    finally:
-        if watchdog:
-            watchdog.cancel()
+    for raw, size, mtime in zip(batch["path"], batch["size"], batch["mtime_ns"]):
+        path = Path(os.fsdecode(raw))
+        if decode.seconds_per_file:  # a decoder looping in native code holds the GIL: a C thread ends the worker
+            faulthandler.dump_traceback_later(decode.seconds_per_file, exit=True)
+        try:
+            prepared = prepare_in_reader([path], Path(root), preprocessing, decode)
+        except Exception as e:  # noqa: BLE001 - as a reader does: the file fails, the others go on
+            prepared = [(InputOutcome(relative_source(path, Path(root)), Status.FAILED,
+                                      f"cannot read: {type(e).__name__}: {short_reason(e)}"), None)]
+        finally:
+            if decode.seconds_per_file:
+                faulthandler.cancel_dump_traceback_later()
+        for item, tensor in prepared:
+            out["path"].append(raw)
+            out["size"].append(int(size))  # -1: not stat'ed (a null would turn the column into floats)
+            out["mtime_ns"].append(int(mtime))
+            out["prepared"].append(pickle.dumps((item, None if tensor is None else tensor.numpy())))
     return out
 
 
@@ -127,12 +135,13 @@ class Classifier:
         outcomes = classify_batch(self.ensemble, make_batch(items, tensors, self.preprocessing), self.catalogue)
         # no DICOM outputs on this engine: recorded as the local engine records a scan without them
         outcomes = [replace(o, outputs=OutputRecord()) if o.classification is not None else o for o in outcomes]
-        rows = [scan_row(o, p, _int(s), _int(m)) for o, p, s, m in zip(outcomes, batch["path"], batch["size"], batch["mtime_ns"])]
+        rows = [scan_row(o, display_path(os.fsdecode(p)), _known(s), _known(m))
+                for o, p, s, m in zip(outcomes, batch["path"], batch["size"], batch["mtime_ns"])]
         return rows_table(rows)
 
 
-def _int(v) -> int | None:
-    return None if v is None or v != v else int(v)  # NaN: a null that crossed pandas
+def _known(v) -> int | None:
+    return int(v) if v >= 0 else None  # -1: the file could not be stat'ed
 
 
 def run(ray, listing, todo: int, table: ScanTable, package_path: Path, root: Path, preprocessing: Preprocessing,
@@ -143,16 +152,18 @@ def run(ray, listing, todo: int, table: ScanTable, package_path: Path, root: Pat
     wraps it)."""
     gpus = 0 if device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
     actors = actors or max(1, gpus)
-    actor_device = device or ("cuda" if gpus else "cpu")
+    # an actor sees only the GPU Ray gave it, as cuda:0
+    actor_device = "cuda" if gpus and (device or "cuda").startswith("cuda") else (device or "cpu")
 
-    def scan_pass(ds, files: int, per_task: int) -> set[str]:
-        seen: set[str] = set()
+    def scan_pass(ds, per_task: int, retries: int) -> set[bytes]:
+        seen: set[bytes] = set()
         with warnings.catch_warnings():
             # Ray Data retries a task whose worker died forever by default; a file that crashes its
             # decoder must cost one retry, not the scan. Named per-task retries replace this in Ray 2.64.
             warnings.simplefilter("ignore", DeprecationWarning)
-            prepared = ds.repartition(max(1, math.ceil(files / per_task))).map_batches(
-                read, batch_size=per_task, num_cpus=1, max_retries=READ_RETRIES,
+            # blocks of exactly per_task files, made as the listing streams in (no barrier)
+            prepared = ds.repartition(target_num_rows_per_block=per_task, strict=True).map_batches(
+                read, batch_size=per_task, num_cpus=1, max_retries=retries, runtime_env=READER_ENV,
                 fn_kwargs={"root": str(root), "preprocessing": preprocessing, "decode": decode})
         classified = prepared.map_batches(
             # a CPU actor reserves no CPU: the readers' work is 20 times its own (as in the local engine,
@@ -166,19 +177,19 @@ def run(ray, listing, todo: int, table: ScanTable, package_path: Path, root: Pat
             on_rows(rows)
         return seen
 
-    seen = scan_pass(ray.data.read_parquet(str(listing)), todo, FILES_PER_TASK)
-    lost = [r for r in read_listing(listing) if r["path"] not in seen]
+    # the driver holds the display path of each file read (about 100 bytes a file)
+    seen = scan_pass(ray.data.read_parquet(str(listing)), FILES_PER_TASK, READ_RETRIES)
+    lost = [r for r in read_listing(listing) if display_path(os.fsdecode(r["path"])) not in seen]
     if not lost:
         return 0
     log.warning("%d files were in blocks whose Ray worker died; reading them again one per task", len(lost))
-    seen = scan_pass(ray.data.from_items(lost), len(lost), 1)
-    failed = [r for r in lost if r["path"] not in seen]
+    seen = scan_pass(ray.data.from_items(lost), 1, 0)
+    failed = [r for r in lost if display_path(os.fsdecode(r["path"])) not in seen]
+    limit = f", or over {decode.seconds_per_file:g} s" if decode.seconds_per_file else ""
+    reason = f"its Ray worker died reading it, {READ_RETRIES + 2} times (a decoder crash, the OOM killer{limit})"
     for r in failed:
-        reason = ("its Ray worker died reading it twice (a decoder crash, the reader memory cap, or over "
-                  f"{decode.seconds_per_file:g} s)" if decode.seconds_per_file else "its Ray worker died reading it twice")
-        log.error("%s: failed: %s", r["source"], reason)
-        row = scan_row(InputOutcome(r["source"], Status.FAILED, reason), r["path"], _int(r["size"]) if r["size"] >= 0 else None,
-                       _int(r["mtime_ns"]) if r["mtime_ns"] >= 0 else None)
+        row = scan_row(InputOutcome(r["source"], Status.FAILED, reason), display_path(os.fsdecode(r["path"])),
+                       _known(r["size"]), _known(r["mtime_ns"]))
         table.add_rows([row])
         on_rows([row])
     return len(failed)

@@ -1,6 +1,7 @@
 """Scale benchmark of ``bodypart scan``: thousands of inputs, each engine, memory and resume.
 
     python benchmarks/scale.py --engines local ray --sizes 1000 10000 --out benchmarks/results/scale-cpu-2core.json
+    python benchmarks/scale.py --table --out benchmarks/results/scale-cpu-2core.json   # the README's table
 
 For each engine and size: an archive of that many links to the real corpus' DICOM files (round
 robin, 1,000 per folder, under a temporary folder; read with ``--follow-links``), scanned by the
@@ -9,6 +10,12 @@ robin, 1,000 per folder, under a temporary folder; read with ``--follow-links``)
 together. At the largest size the scan is killed (SIGKILL to the whole group) once half the inputs
 are in the table, then run again: the check is that every input is then in the table exactly
 once and that the rows the first run wrote are unchanged. Wall time and inputs/s count both runs.
+
+RSS is sampled every 0.5 s (a shorter peak can be missed), with PSS and USS from
+/proc/PID/smaps_rollup. Summed RSS counts the pages processes share (the torch libraries every
+Ray worker maps, Ray's object store in /dev/shm, which a worker's RSS includes once it touched
+them) once per process; summed PSS splits them, so it is what the machine needs. Flat memory is
+judged per process and by PSS, 1,000 against 10,000 inputs.
 
 Not a test: numbers depend on the machine, which the JSON records. The JSON is written after each
 run, so a benchmark stopped early keeps what it measured.
@@ -54,7 +61,9 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.stop = pid, threading.Event()
         self.peak: dict[int, tuple[str, int]] = {}  # pid -> (role, peak RSS bytes)
+        self.peak_uss: dict[int, int] = {}  # pid -> peak USS (pages only it maps) bytes
         self.peak_total = 0
+        self.peak_total_pss = 0  # shared pages split between the processes that map them
 
     def processes(self) -> list[psutil.Process]:
         try:
@@ -73,26 +82,43 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            total = 0
+            total = total_pss = 0
             for p in self.processes():
                 try:
                     rss = p.memory_info().rss
                     role = role_of(p)
-                except psutil.Error:
+                    pss, uss = _smaps_rollup(p.pid)
+                except (psutil.Error, OSError):
                     continue
                 total += rss
+                total_pss += pss
                 if rss > self.peak.get(p.pid, ("", 0))[1]:
                     self.peak[p.pid] = (role, rss)
+                self.peak_uss[p.pid] = max(self.peak_uss.get(p.pid, 0), uss)
             self.peak_total = max(self.peak_total, total)
+            self.peak_total_pss = max(self.peak_total_pss, total_pss)
             self.stop.wait(0.5)
 
     def by_role(self) -> dict[str, dict]:
         roles: dict[str, dict] = {}
         for role, rss in self.peak.values():
-            r = roles.setdefault(role, {"processes": 0, "peak_rss_mib_max": 0.0})
+            r = roles.setdefault(role, {"processes": 0, "peak_rss_mib_max": 0.0, "peak_uss_mib_max": 0.0})
             r["processes"] += 1
             r["peak_rss_mib_max"] = max(r["peak_rss_mib_max"], round(rss / 2**20, 1))
+        for pid, (role, _) in self.peak.items():
+            roles[role]["peak_uss_mib_max"] = max(roles[role]["peak_uss_mib_max"], round(self.peak_uss.get(pid, 0) / 2**20, 1))
         return dict(sorted(roles.items()))
+
+
+def _smaps_rollup(pid: int) -> tuple[int, int]:
+    """(PSS, USS) of a process in bytes, from /proc/PID/smaps_rollup."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return fields.get("Pss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
 
 
 def role_of(p: psutil.Process) -> str:
@@ -132,8 +158,12 @@ def scan_once(archive: Path, output: Path, engine: str, workers: int, kill_at: i
             killed = True
             proc.wait()
             break
-        time.sleep(1)
+        try:
+            proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
     wall = time.monotonic() - t0
+    log.close()
     sampler.stop.set()
     sampler.join()
     time.sleep(3)
@@ -143,9 +173,13 @@ def scan_once(archive: Path, output: Path, engine: str, workers: int, kill_at: i
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return {"rc": proc.returncode, "killed": killed, "wall_s": round(wall, 1), "rows_after": rows_in(output),
-            "peak_rss_total_mib": round(sampler.peak_total / 2**20, 1), "processes_seen": len(sampler.peak),
-            "peak_rss_by_role": sampler.by_role(), "left_behind_after_kill": len(leftover)}
+    run = {"rc": proc.returncode, "killed": killed, "wall_s": round(wall, 1), "rows_after": rows_in(output),
+           "peak_rss_total_mib": round(sampler.peak_total / 2**20, 1),
+           "peak_pss_total_mib": round(sampler.peak_total_pss / 2**20, 1), "processes_seen": len(sampler.peak),
+           "peak_rss_by_role": sampler.by_role()}
+    if killed:
+        run["left_behind_after_kill"] = len(leftover)
+    return run
 
 
 def _in_group(p: psutil.Process, pgid: int) -> bool:
@@ -160,12 +194,41 @@ def check_table(output: Path, n: int, first_rows: list[dict] | None) -> dict:
     keys = Counter((r["source"], r["frame"]) for r in table)
     sources = {r["source"] for r in table}
     unchanged = None
-    if first_rows is not None:
+    if first_rows:
         now = {(r["source"], r["frame"]): r["record"] for r in table}
         unchanged = all(now.get((r["source"], r["frame"])) == r["record"] for r in first_rows)
     return {"rows": len(table), "inputs_in_table": len(sources), "inputs": n,
             "duplicates": sum(c - 1 for c in keys.values() if c > 1), "first_run_rows_unchanged": unchanged,
             "statuses": dict(Counter(r["status"] for r in table))}
+
+
+def table(result: dict) -> str:
+    """The measurements as the Markdown table the README shows."""
+    lines = ["| engine | inputs | wall | inputs/s | peak RSS: scan process | largest other process | all processes "
+             "(RSS sum / PSS sum) | kill at half way, then resume |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        runs = [r[k] for k in ("run", "killed_run", "resumed_run") if k in r]
+        roles: dict[str, float] = {}
+        for run in runs:
+            for role, v in run["peak_rss_by_role"].items():
+                roles[role] = max(roles.get(role, 0.0), v["peak_rss_mib_max"])
+        driver = roles.pop("scan (driver)", 0.0)
+        other, other_mib = max(roles.items(), key=lambda kv: kv[1]) if roles else ("-", 0.0)
+        total = max(run["peak_rss_total_mib"] for run in runs)
+        pss = max(run.get("peak_pss_total_mib", 0) for run in runs)
+        check = r["check"]
+        if "killed_run" in r and not r["killed_run"]["killed"]:
+            resume = f"NOT killed (the scan ended first, rc {r['killed_run']['rc']})"
+        elif "killed_run" in r:
+            resume = (f"killed at {r['killed_run']['rows_after']:,} rows; after the resume {check['inputs_in_table']:,} of "
+                      f"{check['inputs']:,} inputs, {check['duplicates']} duplicates, earlier rows "
+                      f"{'unchanged' if check['first_run_rows_unchanged'] else 'CHANGED'}")
+        else:
+            resume = f"{check['inputs_in_table']:,} of {check['inputs']:,} inputs in the table"
+        lines.append(f"| {r['engine']} | {r['inputs']:,} | {r['wall_s'] / 60:.1f} min | {r['inputs_per_s']:.2f} | "
+                     f"{driver / 1024:.2f} GiB | {other_mib / 1024:.2f} GiB ({other}) | {total / 1024:.2f} / "
+                     f"{f'{pss / 1024:.2f} GiB' if pss else 'not measured'} | {resume} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -174,8 +237,12 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000])
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--corpus", type=Path, default=CORPUS)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="the JSON to write (with --table: to read)")
+    ap.add_argument("--table", action="store_true", help="print the Markdown table of --out and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     result = {"machine": {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
                           "python": platform.python_version()},

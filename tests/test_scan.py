@@ -56,6 +56,7 @@ def test_a_scan_writes_one_row_per_input_with_the_results_fields(archive, tmp_pa
     summary = json.loads((out / "scan.json").read_text())
     assert summary["complete"] is True and sum(summary["this_scan"].values()) == len(FILES) + 1
     assert not (out / "sr").exists() and not (out / "dicom").exists()  # DICOM outputs are off for scans
+    assert not (out / ".listing").exists()  # what the scan listed goes once it completes
     again = _scan(archive, out)  # nothing left to do: nothing added
     assert again.returncode == 0 and read_table(out).num_rows == len(rows)
     assert json.loads((out / "scan.json").read_text())["this_scan"] == {}

@@ -34,14 +34,18 @@ def _comparable(row: dict) -> dict:
             "_probabilities": {k: round(v, 4) for k, v in probabilities.items()}}
 
 
-def test_the_ray_engine_gives_the_local_engines_rows(archive, tmp_path):  # noqa: F811
+def test_the_ray_engine_gives_the_local_engines_rows(archive, corpus, tmp_path):  # noqa: F811
+    """Also for a name that is not UTF-8 and a broken link (recorded once, not again on resume)."""
+    shutil.copyfile(corpus / FILES[0], os.fsencode(archive / "site2") + b"/caf\xe9.dcm")
+    (archive / "site2" / "broken.dcm").symlink_to(archive / "nowhere.dcm")
+    inputs = len(FILES) + 3
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert _scan(archive, local).returncode == 0
     proc = _scan_ray(archive, on_ray)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = {r["source"]: r for r in read_table(local).to_pylist()}
     b = {r["source"]: r for r in read_table(on_ray).to_pylist()}
-    assert len(b) == read_table(on_ray).num_rows == len(FILES) + 1  # every input once
+    assert len(b) == read_table(on_ray).num_rows == inputs  # every input once
     assert set(a) == set(b)
     for source in a:
         ra, rb = _comparable(a[source]), _comparable(b[source])
@@ -50,9 +54,13 @@ def test_the_ray_engine_gives_the_local_engines_rows(archive, tmp_path):  # noqa
         assert ra == rb, source
         pa, pb = json.loads(a[source]["probabilities"]), json.loads(b[source]["probabilities"])
         assert (pa is None) == (pb is None) and all(abs(pa[k] - pb[k]) < 1e-4 for k in pa or {})
+    assert b["site2/caf\\xe9.dcm"]["status"] == "classified" and b["site2/broken.dcm"]["status"] == "failed"
     summary = json.loads((on_ray / "scan.json").read_text())
-    assert summary["complete"] is True and summary["engine"] == "ray" and summary["this_scan"] == {"classified": 8, "failed": 1}
-    assert (on_ray / "report.html").exists()
+    assert summary["complete"] is True and summary["engine"] == "ray" and summary["this_scan"] == {"classified": 9, "failed": 2}
+    assert (on_ray / "report.html").exists() and not (on_ray / ".listing").exists()
+    again = _scan_ray(archive, on_ray)  # nothing left: the broken link is done too
+    assert again.returncode == 0 and read_table(on_ray).num_rows == inputs
+    assert json.loads((on_ray / "scan.json").read_text())["this_scan"] == {}
 
 
 @pytest.fixture
@@ -93,7 +101,7 @@ def crash_on_marked_files(batch: dict, **kwargs) -> dict:
     """The read task, except that a file named ``*crash*`` kills its worker as a crashing decoder does."""
     from app.scan_ray import read_files_task
 
-    if any("crash" in str(p) for p in batch["path"]):
+    if any(os.path.basename(os.fsdecode(p)).startswith("crash") for p in batch["path"]):
         os.kill(os.getpid(), signal.SIGSEGV)
     return read_files_task(batch, **kwargs)
 
@@ -125,7 +133,7 @@ def test_a_file_that_kills_its_ray_worker_fails_alone(corpus, tmp_path):
     table.close()
     rows = {r["source"]: r for r in read_table(out).to_pylist()}
     assert failed == 1 and set(rows) == set(names) and len(read_table(out)) == len(names)
-    assert rows["crash.dcm"]["status"] == "failed" and "Ray worker died reading it twice" in rows["crash.dcm"]["reason"]
+    assert rows["crash.dcm"]["status"] == "failed" and "its Ray worker died reading it, 3 times" in rows["crash.dcm"]["reason"]
     assert all(rows[n]["status"] == "classified" for n in names if n != "crash.dcm")
 
 

@@ -81,7 +81,12 @@ def relative_source(path: Path, root: Path) -> str:
         rel = Path(path).relative_to(base).as_posix()
     except ValueError:
         rel = Path(path).name
-    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return display_path(rel)
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as text that JSON, Parquet and logs take: bytes that are not UTF-8 as ``\\xNN``."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def open_input(path: Path, root: Path | None = None, follow_links: bool = False) -> tuple[IO[bytes], tuple[int, int]]:

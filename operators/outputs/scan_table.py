@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..input.discovery import iter_input_files, relative_source
+from ..input.discovery import display_path, iter_input_files, relative_source
 from ..outcome import InputOutcome
 from .output_files import write_atomically
 from .results import instance_record
@@ -134,7 +134,7 @@ class ScanTable:
 def scan_row(outcome: InputOutcome, path: str | None, size: int | None, mtime_ns: int | None) -> dict:
     """The table row of one outcome of the file at ``path`` (its size and mtime when listed)."""
     record = instance_record(outcome)
-    row = {"path": None if path is None else str(path), "size": size, "mtime_ns": mtime_ns, "record": json.dumps(record)}
+    row = {"path": None if path is None else display_path(path), "size": size, "mtime_ns": mtime_ns, "record": json.dumps(record)}
     row.update({k: record.get(k) for k in SCALARS})
     row.update({k: json.dumps(record.get(k)) for k in JSON_FIELDS})
     return row
@@ -155,27 +155,30 @@ def read_table(output_dir: Path):
 
 
 def file_key(path: Path, source: str) -> tuple[str, int, int] | None:
-    """(source, size, mtime_ns) of ``path`` now, or ``None`` when it cannot be stat'ed (the reader says why)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return source, st.st_size, st.st_mtime_ns
+    """(source, size, mtime_ns) of ``path`` now (of the link itself when its target cannot be
+    stat'ed: a broken link is done once recorded), or ``None`` when it cannot be stat'ed at all."""
+    for stat in (os.stat, os.lstat):
+        try:
+            st = stat(path)
+            return source, st.st_size, st.st_mtime_ns
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def write_listing(archive: Path, output_dir: Path, done: set, follow_links: bool = False) -> tuple[Path, int]:
     """The files under ``archive`` that ``done`` (:meth:`ScanTable.done`) lacks, listed as Parquet
-    (columns path, source, size, mtime_ns; -1 for a file that cannot be stat'ed: its reader says
-    why) under ``OUT/.listing``; returns (that folder, how many).
+    (columns path as bytes, source, size, mtime_ns; -1 for a file that cannot be stat'ed: its
+    reader says why) under ``OUT/.listing``; returns (that folder, how many).
 
     One walk and one stat per file, at most :data:`LISTING_CHUNK` rows held: the progress bar gets
     its total, the Ray engine a dataset, and each file is keyed as it was when listed.
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     folder = Path(output_dir) / LISTING
-    shutil.rmtree(folder, ignore_errors=True)  # an earlier scan's: the table says what is done
+    if folder.exists():  # an earlier scan's: the table says what is done
+        shutil.rmtree(folder)
     folder.mkdir(parents=True)
     rows: dict[str, list] = {"path": [], "source": [], "size": [], "mtime_ns": []}
     count, chunks = 0, 0
@@ -184,16 +187,23 @@ def write_listing(archive: Path, output_dir: Path, done: set, follow_links: bool
         key = file_key(path, source)
         if key in done:
             continue
-        for column, value in zip(rows, (str(path), source, *(key[1:] if key else (-1, -1)))):
+        for column, value in zip(rows, (os.fsencode(path), source, *(key[1:] if key else (-1, -1)))):
             rows[column].append(value)
         count += 1
         if len(rows["path"]) >= LISTING_CHUNK:
-            pq.write_table(pa.table(rows), folder / f"listing-{chunks:06d}.parquet")
+            pq.write_table(_listing_table(rows), folder / f"listing-{chunks:06d}.parquet")
             chunks += 1
             rows = {k: [] for k in rows}
     if rows["path"]:
-        pq.write_table(pa.table(rows), folder / f"listing-{chunks:06d}.parquet")
+        pq.write_table(_listing_table(rows), folder / f"listing-{chunks:06d}.parquet")
     return folder, count
+
+
+def _listing_table(rows: dict[str, list]):
+    import pyarrow as pa
+
+    schema = pa.schema([("path", pa.binary()), ("source", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())])
+    return pa.table(rows, schema=schema)
 
 
 def read_listing(folder: Path) -> Iterator[dict]:
