@@ -62,9 +62,8 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
     from operators.model.ensemble import Ensemble
     from operators.model.model_package import load_package
     from operators.outputs.output_files import OutputFolderLock
-    from operators.outputs.archive_report import write_report
     from operators.outputs.report import Progress
-    from operators.outputs.scan_table import ScanTable, read_listing, write_listing
+    from operators.outputs.scan_table import ScanTable, read_listing
     from operators.pipeline import BatchFeed, Pipeline
 
     archive, output = Path(archive), Path(output)
@@ -80,10 +79,7 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
                              ray_address, ray_actors)
         ensemble = Ensemble(package, device=device)
         table = ScanTable(output, {"archive": str(archive), "engine": "local", "model": ensemble.info.to_json()})
-        done = table.done()
-        listing, todo = write_listing(archive, output, done, follow_links)
-        log.info("%s: %d inputs to read, %d done by an earlier scan", archive, todo, len(done))
-        del done  # the listing has what is left
+        listing, todo = _list(table, archive, output, follow_links)
 
         def remaining() -> Iterator[Path]:
             for row in read_listing(listing):
@@ -102,12 +98,28 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
                 outcomes = pipeline.add(batch)
                 bar.update(len({o.source for o in outcomes}))
         pipeline.close(all_inputs_read=False)  # the feed says whether every input was read
-        shutil.rmtree(listing, ignore_errors=True)
-        report = write_report(output)
-        log.info("archive report: %s", report)
-        return output / "scan.json"
+        return _finish(output, listing)
     finally:
         lock.release()
+
+
+def _list(table, archive: Path, output: Path, follow_links: bool, where: str = "") -> tuple[Path, int]:
+    """List what ``table``'s earlier scans left to read (``OUT/.listing``); (listing, how many)."""
+    from operators.outputs.scan_table import write_listing
+
+    done = table.done()  # held only while listing
+    listing, todo = write_listing(archive, output, done, follow_links)
+    log.info("%s: %d inputs to read, %d done by an earlier scan%s", archive, todo, len(done), where)
+    return listing, todo
+
+
+def _finish(output: Path, listing: Path) -> Path:
+    """After the table is closed: drop the listing, write the archive report; ``OUT/scan.json``."""
+    from operators.outputs.archive_report import write_report
+
+    shutil.rmtree(listing, ignore_errors=True)
+    log.info("archive report: %s", write_report(output))
+    return output / "scan.json"
 
 
 def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, batch_size: int, cpus: int | None,
@@ -117,8 +129,7 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
 
     from app import scan_ray
     from operators.model.ensemble import model_info
-    from operators.outputs.archive_report import write_report
-    from operators.outputs.scan_table import ScanTable, write_listing
+    from operators.outputs.scan_table import ScanTable
 
     ray = scan_ray.start_ray(address, cpus)
     try:
@@ -126,11 +137,8 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
         info = model_info(package, device=device or ("cuda" if gpus else "cpu")).to_json()
         table = ScanTable(output, {"archive": str(archive), "engine": "ray", "ray_address": address,
                                    "ray_nodes": len(ray.nodes()), "model": info})
-        done = table.done()
-        listing, todo = write_listing(archive, output, done, decode.follow_links)
-        log.info("%s: %d inputs to read, %d done by an earlier scan (Ray: %s)", archive, todo, len(done),
-                 ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU")))
-        del done  # the listing has what is left
+        resources = ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU"))
+        listing, todo = _list(table, archive, output, decode.follow_links, f" (Ray: {resources})")
         interrupted = None
         with tqdm(total=todo, unit="file", disable=not progress, smoothing=0.05) as bar:
             def on_rows(rows: list[dict]) -> None:
@@ -152,9 +160,6 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
                 log.debug("the scan stopped", exc_info=True)
             finally:
                 table.close(interrupted=interrupted)
-        shutil.rmtree(listing, ignore_errors=True)
-        report = write_report(output)
-        log.info("archive report: %s", report)
-        return output / "scan.json"
+        return _finish(output, listing)
     finally:
         ray.shutdown()
