@@ -60,7 +60,8 @@ class TrainConfig:
     lr_max: float = 1e-4
     weight_decay: float = 0.01
     class_balanced_loss: bool = True
-    selection_metric: str = "sensitivity"  # macro sensitivity on validation, as the study
+    pos_weight_power: float = 1.0  # positives weighted (neg/pos) ** power: 1 as the study, 0.5 softened
+    selection_metric: str = "sensitivity"  # best epoch by validation macro "sensitivity" (the study) or "f1"
     max_steps_per_epoch: int | None = None  # caps an epoch (tiny configs, smoke tests)
     max_minutes_per_member: float | None = None  # time budget: no epoch starts that would not end in it
     # stacking and decisions
@@ -93,6 +94,12 @@ class TrainConfig:
             raise ValueError("at least one member is needed")
         if self.lr_min <= 0 or self.lr_max < self.lr_min:
             raise ValueError("need 0 < lr_min <= lr_max")
+        from .members import SELECTION_METRICS
+
+        if self.selection_metric not in SELECTION_METRICS:
+            raise ValueError(f"selection_metric must be one of {sorted(SELECTION_METRICS)}, got {self.selection_metric!r}")
+        if not 0.0 <= self.pos_weight_power <= 1.0:
+            raise ValueError(f"pos_weight_power must lie in [0, 1], got {self.pos_weight_power}")
         for s in (*self.stackers, self.default_stacker):
             if s not in ("mean", "logistic", "xgboost"):
                 raise ValueError(f"unknown stacker {s!r}")

@@ -88,13 +88,15 @@ def offline_augment(images: torch.Tensor, y: np.ndarray, max_factor: int, seed: 
             np.concatenate([mask, np.stack(extra_m)]))
 
 
-def class_balanced_pos_weight(y: np.ndarray, mask: np.ndarray | None = None) -> torch.Tensor:
-    """neg/pos per class over the targets that count (``mask``), clipped to [1, 100]; classes with
-    no positives get 1."""
+def class_balanced_pos_weight(y: np.ndarray, mask: np.ndarray | None = None, power: float = 1.0) -> torch.Tensor:
+    """(neg/pos) ** ``power`` per class over the targets that count (``mask``), clipped to [1, 100];
+    classes with no positives get 1. ``power`` 1 is the study's balance; below 1 it is softened,
+    for data that offline copies have balanced already (both together inflate a rare class's
+    probability on every film)."""
     mask = np.ones_like(y) if mask is None else mask
     pos = (y * mask).sum(0)
     neg = ((1 - y) * mask).sum(0)
-    w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    w = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0) ** power
     return torch.as_tensor(np.clip(w, 1.0, 100.0), dtype=torch.float32)
 
 
@@ -105,12 +107,32 @@ def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, pos_we
     return (per_target * mask).sum() / mask.sum().clamp(min=1)
 
 
-def macro_sensitivity(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> float:
+def macro_sensitivity(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5, mask: np.ndarray | None = None) -> float:
+    """Mean sensitivity at ``threshold`` over the classes with positives (the study's selection)."""
+    del mask  # positives are never masked: sensitivity needs none
     pos = y.sum(0) > 0
     if not pos.any():
         return 0.0
     tp = ((probs >= threshold) & (y > 0)).sum(0)
     return float((tp[pos] / y.sum(0)[pos]).mean())
+
+
+def macro_f1(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5, mask: np.ndarray | None = None) -> float:
+    """Mean F1 at ``threshold`` over the classes with positives; targets with ``mask`` 0 (a
+    neighbour on a one-part-per-film source) count neither way. Unlike sensitivity it pays for
+    false positives, which is what fires a shoulder on other hospitals' chests."""
+    y = y > 0
+    m = np.ones(y.shape, bool) if mask is None else mask > 0
+    pred = probs >= threshold
+    tp, fp, fn = (pred & y & m).sum(0), (pred & ~y & m).sum(0), (~pred & y & m).sum(0)
+    pos = (y & m).sum(0) > 0
+    if not pos.any():
+        return 0.0
+    return float((2 * tp[pos] / (2 * tp[pos] + fp[pos] + fn[pos])).mean())
+
+
+#: ``selection_metric`` values: how validation picks a member's best epoch.
+SELECTION_METRICS = {"sensitivity": macro_sensitivity, "f1": macro_f1}
 
 
 @torch.inference_mode()
@@ -140,12 +162,13 @@ def train_member(
     config: TrainConfig,
     pre: Preprocessing,
     train: tuple[torch.Tensor, np.ndarray, np.ndarray],
-    val: tuple[torch.Tensor, np.ndarray],
+    val: tuple[torch.Tensor, np.ndarray] | tuple[torch.Tensor, np.ndarray, np.ndarray],
     workdir: Path,
     resume: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``member`` on ``train`` (images, targets, loss masks); return the best network (by
-    validation macro sensitivity) and its history."""
+    ``config.selection_metric`` on ``val``: images, targets and optionally loss masks) and its
+    history."""
     from tqdm.auto import tqdm
 
     device = pick_device(config.device)
@@ -163,7 +186,10 @@ def train_member(
                         drop_last=len(ds) > config.batch_size, pin_memory=device.type == "cuda",
                         persistent_workers=config.num_workers > 0, worker_init_fn=_reseed_worker)
     steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
-    pos_weight = class_balanced_pos_weight(train[1], train[2]).to(device) if config.class_balanced_loss else None
+    pos_weight = (class_balanced_pos_weight(train[1], train[2], config.pos_weight_power).to(device)
+                  if config.class_balanced_loss else None)
+    select = SELECTION_METRICS[config.selection_metric]
+    val_mask = val[2] if len(val) > 2 else None
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.lr_min, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=config.lr_min, max_lr=config.lr_max,
                                               step_size_up=max(1, 2 * steps), cycle_momentum=False)
@@ -208,20 +234,21 @@ def train_member(
             bar.update(1)
         bar.close()
         val_probs = predict(net, val[0], pre, device, tta=False, amp=config.amp)
-        score = macro_sensitivity(val_probs, val[1])
-        record = {"epoch": epoch, "train_loss": total / max(seen, 1), "val_sensitivity": score,
+        score = select(val_probs, val[1], mask=val_mask)
+        record = {"epoch": epoch, "train_loss": total / max(seen, 1), f"val_{config.selection_metric}": score,
                   "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 1)}
         state["history"].append(record)
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_epoch=epoch, best_state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
         state["epoch"] = epoch
-        log.info("%s epoch %d: loss %.4f, val sensitivity %.3f%s (%.0fs)", member.key, epoch, record["train_loss"], score,
-                 " *" if improved else "", record["seconds"])
+        log.info("%s epoch %d: loss %.4f, val %s %.3f%s (%.0fs)", member.key, epoch, record["train_loss"],
+                 config.selection_metric, score, " *" if improved else "", record["seconds"])
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state}, ckpt_path)
     if state["best_state"] is not None:
         net.load_state_dict(state["best_state"])
-    return net.eval(), {"best_epoch": state["best_epoch"], "best_val_sensitivity": state["best_score"],
+    return net.eval(), {"best_epoch": state["best_epoch"], "selection_metric": config.selection_metric,
+                        f"best_val_{config.selection_metric}": state["best_score"],
                         "stopped_by_time_budget": stopped_by_time_budget, "history": state["history"]}
 
 

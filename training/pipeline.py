@@ -194,12 +194,12 @@ def run_training(
     device = pick_device(config.device)
     members, val_probs, test_probs, histories = [], [], [], {}
     for m in config.members:
-        net, history = train_member(m, config, pre, (train_x, train_y, train_m), (images[va], y[va]), output, resume=resume)
+        net, history = train_member(m, config, pre, (train_x, train_y, train_m), (images[va], y[va], masks[va]), output, resume=resume)
         histories[m.key] = history
         val_probs.append(predict(net, images[va], pre, device, tta=config.tta, amp=config.amp))
         test_probs.append(predict(net, images[te], pre, device, tta=config.tta, amp=config.amp))
         members.append((Member(m.key, m.arch, f"models/{m.key}.pt", {"best_epoch": history["best_epoch"],
-                        "best_val_sensitivity": history["best_val_sensitivity"], "pretrained": m.pretrained,
+                        f"best_val_{config.selection_metric}": history[f"best_val_{config.selection_metric}"], "pretrained": m.pretrained,
                         "epochs_trained": len(history["history"]), "stopped_by_time_budget": history["stopped_by_time_budget"]}),
                         {k: v.detach().cpu() for k, v in net.state_dict().items()}))
     val_m, test_m = np.stack(val_probs, 1), np.stack(test_probs, 1)  # (N, M, C)
