@@ -11,7 +11,8 @@ import torch
 from operators.input.batching import iter_batches
 from operators.catalogue import Catalogue
 from operators.model.classify import classify_batch
-from operators.model.ensemble import Ensemble, decide
+from operators.model.decision import Decision, decide, select_labels
+from operators.model.ensemble import Ensemble
 from operators.model.model_package import load_package
 from operators.outcome import Status
 from operators.model.stacking import LogisticStacker, MeanStacker, XGBoostStacker, stacker_from_json
@@ -22,17 +23,42 @@ CLASSES = ("A", "B", "C", "D")
 def test_decide_reports_known_classes_above_threshold():
     probs = np.array([0.9, 0.2, 0.95, 0.05])
     known = np.array([True, True, False, True])
-    labels, reason = decide(probs, np.full(4, 0.5), known, 0.1, 3, CLASSES)
+    labels, reason = decide(probs, np.full(4, 0.5), known, Decision(0.1, 3), CLASSES)
     assert labels == ["A"] and reason is None  # C is above threshold but unknown: never reported
 
 
 def test_decide_flags_low_confidence_and_conflicts():
     th, known = np.full(4, 0.5), np.ones(4, bool)
-    assert decide(np.array([0.3, 0.2, 0.1, 0.0]), th, known, 0.1, 3, CLASSES) == ([], "no class above its threshold")
-    labels, reason = decide(np.array([0.9, 0.55, 0.1, 0.0]), th, known, 0.1, 3, CLASSES)
+    assert decide(np.array([0.3, 0.2, 0.1, 0.0]), th, known, Decision(0.1, 3), CLASSES) == ([], "no class above its threshold")
+    labels, reason = decide(np.array([0.9, 0.55, 0.1, 0.0]), th, known, Decision(0.1, 3), CLASSES)
     assert labels == ["A", "B"] and "uncertain: B" in reason
-    labels, reason = decide(np.array([0.9, 0.9, 0.9, 0.9]), th, known, 0.1, 3, CLASSES)
+    labels, reason = decide(np.array([0.9, 0.9, 0.9, 0.9]), th, known, Decision(0.1, 3), CLASSES)
     assert "conflicting" in reason
+
+
+def test_top_fraction_keeps_the_top_class_and_drops_weak_seconds():
+    th, known = np.full(4, 0.5), np.array([True, True, True, False])
+    top = Decision(0.1, 3, top_fraction=0.7)
+    # B is above its threshold but under 0.7 of A: dropped; D is unknown even as the top
+    labels, reason = decide(np.array([0.95, 0.65, 0.1, 0.99]), th, known, top, CLASSES)
+    assert labels == ["A"] and reason is None
+    labels, _ = decide(np.array([0.95, 0.8, 0.1, 0.0]), th, known, top, CLASSES)
+    assert labels == ["A", "B"]
+    # nothing above threshold: the most probable known class, flagged for review
+    labels, reason = decide(np.array([0.2, 0.3, 0.1, 0.9]), th, known, top, CLASSES)
+    assert labels == ["B"] and reason == "no class above its threshold; B is the most probable"
+    # the batch form agrees with the per-image one
+    batch = np.array([[0.95, 0.65, 0.1, 0.99], [0.2, 0.3, 0.1, 0.9], [0.95, 0.8, 0.1, 0.0]])
+    assert select_labels(batch, th, known, 0.7).tolist() == [
+        [True, False, False, False], [False, True, False, False], [True, True, False, False]]
+    assert select_labels(batch, th, known, None).tolist() == [
+        [True, True, False, False], [False, False, False, False], [True, True, False, False]]
+
+
+@pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": 1.5}, {"max_labels": 0}, {"review_margin": -0.1}])
+def test_decision_settings_are_checked(bad):
+    with pytest.raises(ValueError):
+        Decision(**bad)
 
 
 def _toy(n=200, seed=0):

@@ -46,16 +46,23 @@ def test_tiny_run_writes_report_figures_metrics_and_a_package_the_app_loads(tiny
                 "figures/members_vs_stackers.png", "figures/reliability.png", "figures/per_class_stack_logistic.png"):
         assert (tiny_run / rel).is_file(), rel
     metrics = json.loads((tiny_run / "metrics.json").read_text())
-    for name in ("efficientnet_lite0", "stack:mean", "stack:logistic", "stack:xgboost", "stack:logistic+calibration+thresholds"):
+    choice = metrics["decision_choice"]
+    assert set(choice["stacker_scores"]) == {"mean", "logistic", "xgboost"}
+    assert choice["stacker"] == max(choice["stacker_scores"], key=choice["stacker_scores"].get)
+    assert set(choice["top_fraction_scores"]) == {"None", "0.3", "0.5", "0.7", "0.9"}
+    decision = next(k for k in metrics["evaluations"] if k.startswith(f"stack:{choice['stacker']}+calibration+thresholds"))
+    for name in ("efficientnet_lite0", "stack:mean", "stack:logistic", "stack:xgboost", decision):
         m = metrics["evaluations"][name]
         assert 0 <= m["hamming_loss"] <= 1 and m["macro_f1"] is not None
     pkg = load_package(tiny_run / "package")
+    assert pkg.stacker_kind == choice["stacker"] and pkg.decision.top_fraction == choice["top_fraction"]
     assert "Knee" in pkg.trained_classes and "Thigh" not in pkg.trained_classes
     card = (tiny_run / "package/docs/model_card.md").read_text()
     assert "Not known (never reported;" in card and "Thigh (0)" in card and "CC BY 4.0" in card
     assert "| random_split |" in card and "| held_out_sources | 0 |" in card  # no source held out in this run
     report = (tiny_run / "report.md").read_text()
     assert "| stack:logistic |" in report and "figures/reliability.png" in report
+    assert "## Decision chosen on validation" in report and f"Stacker: **{choice['stacker']}**" in report
     assert "## Across sources" in report and metrics["decision_by_part"]["random_split"]["n"] == metrics["split_sizes"]["test"]
 
 
@@ -110,6 +117,81 @@ def test_class_balanced_weights():
     y = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], np.float32)
     w = class_balanced_pos_weight(y)
     assert w.tolist() == pytest.approx([1.0, 3.0])
+
+
+def test_softened_class_balance():
+    y = np.array([[1, 0]] * 3 + [[0, 1]], np.float32)
+    assert class_balanced_pos_weight(y, power=0.5).tolist() == pytest.approx([1.0, 3 ** 0.5])
+    assert class_balanced_pos_weight(y, power=0.0).tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_selection_f1_pays_for_false_positives_but_not_for_masked_neighbours():
+    from training.members import macro_f1, macro_sensitivity
+
+    y = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], np.float32)
+    eager = np.array([[0.9, 0.9], [0.9, 0.9], [0.9, 0.9], [0.9, 0.9]])  # everything fires
+    right = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
+    assert macro_sensitivity(eager, y) == macro_sensitivity(right, y) == 1.0  # sensitivity cannot tell
+    assert macro_f1(right, y) == 1.0 and macro_f1(eager, y) == pytest.approx(2 / 3)
+    mask = np.ones_like(y)
+    mask[:, 1] = [1, 1, 0, 1]  # film 2's class b is a neighbour its source does not name
+    mask[:, 0] = [1, 0, 1, 0]
+    fired_on_masked = right.copy()
+    fired_on_masked[2, 1] = 0.9
+    fired_on_masked[1, 0] = 0.9
+    assert macro_f1(fired_on_masked, y, mask=mask) == 1.0 and macro_f1(fired_on_masked, y) < 1.0
+
+
+def test_masked_targets_count_neither_way_in_metrics_thresholds_and_stackers():
+    from operators.model.stacking import LogisticStacker
+
+    t = np.array([[1, 0], [0, 1], [1, 1]])
+    p = np.array([[1, 1], [0, 1], [1, 0]])
+    mask = np.array([[1, 0], [1, 1], [1, 0]])  # the two wrong targets are unknown labels
+    m = multilabel_metrics(t, p, ["a", "b"], targets_mask=mask)
+    assert m["exact_match"] == 1.0 and m["hamming_loss"] == 0.0 and m["macro_f1"] == 1.0
+    assert multilabel_metrics(t, p, ["a", "b"])["exact_match"] == pytest.approx(1 / 3)
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 1, (300, 1))
+    y = (probs > 0.7).astype(float)
+    masked = np.ones_like(y)
+    noisy = (probs > 0.3) & (probs < 0.7)
+    y_noisy = np.where(noisy, 1.0, y)  # false positives of a one-part-per-film source ...
+    masked[noisy] = 0  # ... that the mask takes out
+    assert tune_thresholds(probs, y_noisy, ["a"])["a"] <= 0.35  # pulled down to catch the noise
+    # without it the known targets split cleanly anywhere in 0.3-0.7: the tie rule keeps 0.5
+    assert tune_thresholds(probs, y_noisy, ["a"], targets_mask=masked)["a"] == 0.5
+    plain = LogisticStacker.fit(probs[:, None, :], y_noisy).predict(np.array([[[0.4]]]))
+    kept = LogisticStacker.fit(probs[:, None, :], y_noisy, targets_mask=masked).predict(np.array([[[0.4]]]))
+    assert kept[0, 0] < 0.5 < plain[0, 0]
+
+
+def test_top_fraction_is_chosen_on_validation_where_weak_seconds_are_noise():
+    from training.selection import choose_stacker, tune_top_fraction
+
+    rng = np.random.default_rng(1)
+    n, classes = 200, ["a", "b", "c"]
+    y = np.zeros((n, 3))
+    y[np.arange(n), rng.integers(0, 3, n)] = 1  # one part per film
+    probs = np.where(y > 0, rng.uniform(0.7, 1.0, y.shape), rng.uniform(0.0, 0.65, y.shape))
+    known, th = np.ones(3, bool), np.full(3, 0.5)
+    best, scores = tune_top_fraction(probs, th, y, None, known, classes)
+    assert best is not None and scores[str(best)] > scores["None"]
+    # when the second class is real and as strong as the first, the study's rule stays
+    y2 = np.ones((n, 3)) * (rng.random((n, 3)) < 0.5)
+    y2[y2.sum(1) == 0, 0] = 1
+    probs2 = np.where(y2 > 0, 0.9, 0.1)
+    assert tune_top_fraction(probs2, th, y2, None, known, classes)[0] is None
+    scores = choose_stacker(("logistic", "xgboost"), probs[:, None, :], y, None, known, classes, seed=0,
+                            calibrate_temperature=False, tune=True)
+    assert set(scores) == {"mean", "logistic", "xgboost"} and all(0 <= v <= 2 for v in scores.values())
+
+
+@pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": "sometimes"}, {"default_stacker": "best"},
+                                 {"selection_metric": "accuracy"}, {"pos_weight_power": 2}])
+def test_decision_and_selection_settings_are_checked(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
 
 
 def test_metrics_match_hand_computation():

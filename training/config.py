@@ -66,8 +66,12 @@ class TrainConfig:
     max_minutes_per_member: float | None = None  # time budget: no epoch starts that would not end in it
     # stacking and decisions
     stackers: tuple[str, ...] = ("logistic", "xgboost")
-    default_stacker: str = "logistic"
+    default_stacker: str = "logistic"  # or "auto": the best out-of-fold on validation
     tune_thresholds: bool = True
+    # null: every known class above its threshold (the study); a number: the top class plus others
+    # above threshold and at least this fraction of the top (operators/model/decision.py); "auto":
+    # chosen on validation
+    top_fraction: float | str | None = None
     calibrate: bool = False  # per-class temperature on the default stacker's validation outputs
     review_margin: float = 0.1
     tta: bool = False
@@ -100,9 +104,14 @@ class TrainConfig:
             raise ValueError(f"selection_metric must be one of {sorted(SELECTION_METRICS)}, got {self.selection_metric!r}")
         if not 0.0 <= self.pos_weight_power <= 1.0:
             raise ValueError(f"pos_weight_power must lie in [0, 1], got {self.pos_weight_power}")
-        for s in (*self.stackers, self.default_stacker):
+        for s in self.stackers:
             if s not in ("mean", "logistic", "xgboost"):
                 raise ValueError(f"unknown stacker {s!r}")
+        if self.default_stacker not in ("mean", "logistic", "xgboost", "auto"):
+            raise ValueError(f"unknown default_stacker {self.default_stacker!r} (mean, logistic, xgboost or auto)")
+        if self.top_fraction not in (None, "auto") and not (isinstance(self.top_fraction, (int, float))
+                                                            and 0.0 < self.top_fraction <= 1.0):
+            raise ValueError(f"top_fraction must be null, auto or a number in (0, 1], got {self.top_fraction!r}")
 
     @classmethod
     def load(cls, path: Path, **overrides: Any) -> "TrainConfig":

@@ -96,7 +96,7 @@ def write_package(
         "members": member_meta,
         "stacker": {"kind": default_stacker, "files": stacker_files,
                     "calibrations": {kind: c.to_json() for kind, c in calibrations.items()}},
-        "decision": {"review_margin": decision.review_margin, "max_labels": decision.max_labels},
+        "decision": decision.to_json(),
         "files": files,
         **(extra or {}),
     }

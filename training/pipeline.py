@@ -15,14 +15,15 @@ import torch
 
 from operators.catalogue import Catalogue
 from operators.input.preprocessing import Preprocessing
-from operators.model.model_package import Decision, Member, StackerCalibration
-from operators.model.stacking import LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures, fit_temperatures
+from operators.model.decision import Decision, select_labels
+from operators.model.model_package import Member
 
 from .config import TrainConfig
 from .export import write_package
 from .data import Sample, load_grey, load_samples, targets
 from .members import offline_augment, predict, train_member
-from .metrics import multilabel_metrics, tune_thresholds
+from .metrics import multilabel_metrics
+from .selection import DecisionChoice, calibrate, calibrated, choose_stacker, fit_stackers, tune_top_fraction
 
 log = logging.getLogger("bodypart.training")
 
@@ -204,42 +205,51 @@ def run_training(
                         {k: v.detach().cpu() for k, v in net.state_dict().items()}))
     val_m, test_m = np.stack(val_probs, 1), np.stack(test_probs, 1)  # (N, M, C)
 
-    stackers: dict[str, Any] = {"mean": MeanStacker()}
-    if "logistic" in config.stackers:
-        stackers["logistic"] = LogisticStacker.fit(val_m, y[va])
-    if "xgboost" in config.stackers:
-        stackers["xgboost"] = XGBoostStacker.fit(val_m, y[va], seed=config.seed)
-    default = config.default_stacker if config.default_stacker in stackers else "mean"
+    classes = catalogue.names
+    val_y, val_mask, test_y, test_mask = y[va], masks[va], y[te], masks[te]
+    stackers = fit_stackers(config.stackers, val_m, val_y, val_mask, config.seed)
     # every stacker gets its own temperatures and thresholds: one stacker's do not fit another's probabilities
-    calibrations = {name: _calibrate(st.predict(val_m), y[va], catalogue.names, config) for name, st in stackers.items()}
-    temperatures = (np.asarray([calibrations[default].temperatures[c] for c in catalogue.names])
-                    if calibrations[default].temperatures else None)
+    calibrations = {name: calibrate(st.predict(val_m), val_y, val_mask, classes, config.calibrate, config.tune_thresholds)
+                    for name, st in stackers.items()}
+    stacker_scores: dict[str, float] = {}
+    if config.default_stacker == "auto":
+        stacker_scores = choose_stacker(config.stackers, val_m, val_y, val_mask, trained_mask, classes, config.seed,
+                                        config.calibrate, config.tune_thresholds)
+        default = max(stacker_scores, key=lambda k: (round(stacker_scores[k], 9), k == "mean"))
+        log.info("stacker chosen on validation (out of fold): %s (%s)", default,
+                 ", ".join(f"{k} {v:.3f}" for k, v in stacker_scores.items()))
+    else:
+        default = config.default_stacker if config.default_stacker in stackers else "mean"
+    val_default, th = calibrated(stackers[default].predict(val_m), calibrations[default], classes)
+    top_fraction, fraction_scores = (tune_top_fraction(val_default, th, val_y, val_mask, trained_mask, classes)
+                                     if config.top_fraction == "auto" else (config.top_fraction, {}))
+    if config.top_fraction == "auto":
+        log.info("decision rule chosen on validation: top_fraction %s (%s)", top_fraction,
+                 ", ".join(f"{k} {v:.3f}" for k, v in fraction_scores.items()))
+    choice = DecisionChoice(default, top_fraction, stacker_scores, fraction_scores)
+    decision = Decision(review_margin=config.review_margin, top_fraction=top_fraction)
+    temperatures = calibrations[default].temperatures
     thresholds = calibrations[default].thresholds
 
+    def metrics(pred: np.ndarray, rows: np.ndarray | slice = slice(None)) -> dict[str, Any]:
+        return multilabel_metrics(test_y[rows], pred[rows], classes, trained_mask, targets_mask=test_mask[rows])
+
     evaluations: dict[str, Any] = {}
-    test_y = y[te]
     for k, m in enumerate(config.members):
-        evaluations[m.key] = multilabel_metrics(test_y, test_m[:, k] >= 0.5, catalogue.names, trained_mask)
-    th = np.asarray([thresholds[c] for c in catalogue.names])
-    default_test = stackers[default].predict(test_m)
-    if temperatures is not None:
-        default_test = apply_temperatures(default_test, temperatures)
+        evaluations[m.key] = metrics(test_m[:, k] >= 0.5)
+    default_test, _ = calibrated(stackers[default].predict(test_m), calibrations[default], classes)
+    th_pred = select_labels(default_test, th, trained_mask, top_fraction)  # the package's decision
     for name, st in stackers.items():
-        probs = st.predict(test_m)
-        evaluations[f"stack:{name}"] = multilabel_metrics(test_y, probs >= 0.5, catalogue.names, trained_mask)
+        evaluations[f"stack:{name}"] = metrics(st.predict(test_m) >= 0.5)
         if name == default:
-            label = f"stack:{name}" + ("+calibration" if temperatures is not None else "") + "+thresholds"
-            evaluations[label] = multilabel_metrics(test_y, default_test >= th, catalogue.names, trained_mask)
+            label = (f"stack:{name}" + ("+calibration" if temperatures else "") + "+thresholds"
+                     + (f"+top{top_fraction:g}" if top_fraction is not None else ""))
+            evaluations[label] = metrics(th_pred)
     counts = {c: int(y[:n_labelled, k].sum()) for k, c in enumerate(catalogue.names)}
     test_sources_of = np.array([samples[i].source for i in te])
     held = np.isin(test_sources_of, list(held_out))
-    th_pred = default_test >= th
-    by_part = {
-        "random_split": multilabel_metrics(test_y[~held], th_pred[~held], catalogue.names, trained_mask),
-        "held_out_sources": multilabel_metrics(test_y[held], th_pred[held], catalogue.names, trained_mask),
-    }
-    by_source = {src: multilabel_metrics(test_y[test_sources_of == src], th_pred[test_sources_of == src], catalogue.names, trained_mask)
-                 for src in sorted(set(test_sources_of))}
+    by_part = {"random_split": metrics(th_pred, ~held), "held_out_sources": metrics(th_pred, held)}
+    by_source = {src: metrics(th_pred, test_sources_of == src) for src in sorted(set(test_sources_of))}
     summary = {
         "data": [str(d) for d in data],
         "test_data": [str(d) for d in test_data],
@@ -252,6 +262,7 @@ def run_training(
         "trained_classes": trained,
         "untrained_classes": untrained_counts,
         "min_class_images": config.min_class_images,
+        "decision_choice": choice.to_json(),
         "evaluations": evaluations,
         "decision_by_part": by_part,
         "decision_by_source": by_source,
@@ -269,14 +280,15 @@ def run_training(
         output / "package", name=config.name, version=config.version, classes=catalogue.names, trained_classes=trained,
         preprocessing=pre, members=members,
         stackers={k: v.to_json() for k, v in stackers.items() if k != "mean"}, default_stacker=default,
-        calibrations=calibrations, decision=Decision(review_margin=config.review_margin),
+        calibrations=calibrations, decision=decision,
         extra={
             "class_counts": counts,
             "training_data": [{"source": s, "license": l} for s, l in sources],
             "metrics": {"test": {k: _headline(v) for k, v in evaluations.items()}, "split": summary["split_sizes"],
                         "holdout_sources": list(test_sources), "val_sources": list(config.val_sources),
                         "test_by_part": {k: _headline(v) for k, v in by_part.items()},
-                        "test_by_source": {k: _headline(v) for k, v in by_source.items()}},
+                        "test_by_source": {k: _headline(v) for k, v in by_source.items()},
+                        "decision_choice": choice.to_json()},
             "training_config": config.to_json(),
         },
         model_card=card,
@@ -286,14 +298,14 @@ def run_training(
     return package
 
 
-def _calibrate(val_probs: np.ndarray, val_y: np.ndarray, classes: list[str], config) -> StackerCalibration:
-    """Temperatures (when ``config.calibrate``) and thresholds of one stacker, on validation."""
-    temperatures = fit_temperatures(val_probs, val_y) if config.calibrate else None
-    if temperatures is not None:
-        val_probs = apply_temperatures(val_probs, temperatures)
-    thresholds = tune_thresholds(val_probs, val_y, classes) if config.tune_thresholds else {c: 0.5 for c in classes}
-    return StackerCalibration({c: float(thresholds[c]) for c in classes},
-                              dict(zip(classes, temperatures.tolist())) if temperatures is not None else None)
+def _decision_line(choice: dict[str, Any] | None) -> str:
+    if not choice:
+        return ""
+    rule = ("every known class at or above its threshold" if choice["top_fraction"] is None else
+            f"the most probable known class, plus others at or above their thresholds and at least "
+            f"{choice['top_fraction']} of its probability")
+    how = " (both chosen on validation)" if choice["stacker_scores"] and choice["top_fraction_scores"] else ""
+    return f"Decision: stacker {choice['stacker']}; labels: {rule}{how}."
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
@@ -339,6 +351,7 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
         f"{', '.join(summary['partial_label_sources']) or 'none'}; for their films the neighbouring parts "
         "(operators/data/neighbours.csv) are left out of the loss, neither positive nor negative.",
         "Online augmentation: " + ", ".join(f"{k}={v}" for k, v in config.augment.to_json().items()) + ".",
+        _decision_line(summary.get("decision_choice")),
         "",
         "## Test metrics (the package's decision: stacker, calibration, thresholds)",
         f"Held-out test sources: {', '.join(summary['holdout_sources']) or 'none'}.",

@@ -97,6 +97,21 @@ def reliability(path: Path, y_true: np.ndarray, probs: np.ndarray, bins: int = 1
     return path, ece
 
 
+def _choice_section(choice: dict[str, Any] | None) -> list[str]:
+    """What validation chose for the package's decision, with the scores it chose by."""
+    if not choice or not (choice["stacker_scores"] or choice["top_fraction_scores"]):
+        return []
+    lines = ["", "## Decision chosen on validation", "", f"Score: {choice['score']}.", ""]
+    if choice["stacker_scores"]:
+        lines.append(f"Stacker: **{choice['stacker']}** (out of fold: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in choice["stacker_scores"].items()) + ").")
+    if choice["top_fraction_scores"]:
+        lines.append(f"Top fraction: **{choice['top_fraction']}** ("
+                     + ", ".join(f"{k} {v:.3f}" for k, v in choice["top_fraction_scores"].items())
+                     + "; None: every class above its threshold).")
+    return lines
+
+
 def write_report(out: Path, summary: dict[str, Any], classes: Sequence[str], test_y: np.ndarray, stacked: np.ndarray,
                  members: np.ndarray, member_names: Sequence[str], stacker: str) -> Path:
     figs = out / "figures"
@@ -125,6 +140,7 @@ def write_report(out: Path, summary: dict[str, Any], classes: Sequence[str], tes
     for c, v in head["per_class"].items():
         if v["evaluated"]:
             lines.append(f"| {c} | {v['positives']} | {_f(v['sensitivity'])} | {_f(v['specificity'])} | {_f(v['f1'])} |")
+    lines += _choice_section(summary.get("decision_choice"))
     lines += _parts_section(summary, stacker)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .classification import ModelInfo, Prediction
+from .decision import decide
 from .model_package import ModelPackage, ModelPackageError
 from ..outcome import short_reason
 from .networks import create_network
@@ -116,7 +117,7 @@ class Ensemble:
 
     def _decide(self, probs: np.ndarray, members: np.ndarray) -> Prediction:
         classes = self.package.classes
-        labels, reason = decide(probs, self.thresholds, self.known, self.package.decision.review_margin, self.package.decision.max_labels, classes)
+        labels, reason = decide(probs, self.thresholds, self.known, self.package.decision, classes)
         return Prediction(
             probabilities={c: round(float(probs[k]), 6) for k, c in enumerate(classes) if self.known[k]},
             member_probabilities={
@@ -134,21 +135,4 @@ def model_info(package: ModelPackage, stacker: str | None = None, device: str = 
     p, stacker = package, stacker or package.stacker_kind
     thresholds = p.calibration(stacker).thresholds
     return ModelInfo(p.name, p.version, p.checksum, stacker, device, p.classes, p.trained_classes,
-                     {c: float(thresholds[c]) for c in p.trained_classes})
-
-
-def decide(
-    probs: np.ndarray, thresholds: np.ndarray, known: np.ndarray, margin: float, max_labels: int, classes: tuple[str, ...]
-) -> tuple[list[str], str | None]:
-    """Labels above threshold among known classes, and why the image needs review (or None)."""
-    above = (probs >= thresholds) & known
-    labels = [c for k, c in enumerate(classes) if above[k]]
-    if not labels:
-        return labels, "no class above its threshold"
-    if len(labels) > max_labels:
-        return labels, f"{len(labels)} classes above threshold (conflicting outputs)"
-    near = known & (np.abs(probs - thresholds) < margin)
-    if near.any():
-        names = ", ".join(c for k, c in enumerate(classes) if near[k])
-        return labels, f"uncertain: {names} within {margin} of threshold"
-    return labels, None
+                     {c: float(thresholds[c]) for c in p.trained_classes}, p.decision.top_fraction)

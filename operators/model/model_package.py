@@ -25,6 +25,7 @@ import torch
 
 from ..catalogue import Catalogue
 from ..input.preprocessing import Preprocessing
+from .decision import Decision
 from .stacking import MeanStacker, stacker_from_json
 
 FORMAT = "bodypart-model-package"
@@ -44,19 +45,6 @@ class Member:
     arch: str
     weights: str  # relative path in the package
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """How probabilities become labels.
-
-    ``review_margin``: a known class this close to its threshold makes the image ``needs_review``;
-    ``max_labels``: more labels than this is a conflict (real radiographs show one region or a
-    few neighbouring ones).
-    """
-
-    review_margin: float = 0.1
-    max_labels: int = 3
 
 
 @dataclass(frozen=True)
@@ -207,7 +195,10 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
         calibrations = _calibrations(meta, stacker, classes)
     except (KeyError, TypeError, ValueError) as e:
         raise ModelPackageError(f"{where}: thresholds malformed ({type(e).__name__}: {e})") from None
-    decision = Decision(**meta.get("decision", {}))
+    try:
+        decision = Decision(**meta.get("decision", {}))
+    except (TypeError, ValueError) as e:
+        raise ModelPackageError(f"{where}: decision settings malformed ({e})") from None
     return ModelPackage(
         root=root,
         name=str(meta["name"]),

@@ -24,6 +24,11 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _rows(targets: np.ndarray, targets_mask: np.ndarray | None) -> np.ndarray:
+    """(N, C) booleans: the targets a stacker learns from (all, or those ``targets_mask`` keeps)."""
+    return np.ones(targets.shape, bool) if targets_mask is None else np.asarray(targets_mask) > 0
+
+
 class MeanStacker:
     """The simple mean of the members: the fallback, and what needs no fitting."""
 
@@ -54,17 +59,21 @@ class LogisticStacker:
         return np.where(self.fitted, sigmoid(z), member_probs.mean(axis=1))
 
     @classmethod
-    def fit(cls, member_probs: np.ndarray, targets: np.ndarray, C: float = 1.0) -> "LogisticStacker":
+    def fit(cls, member_probs: np.ndarray, targets: np.ndarray, C: float = 1.0,
+            targets_mask: np.ndarray | None = None) -> "LogisticStacker":
+        """Fit per class; targets with ``targets_mask`` 0 (unknown labels) are left out."""
         from sklearn.linear_model import LogisticRegression
 
         n, m, c = member_probs.shape
         coef, intercept, fitted = np.zeros((c, m)), np.zeros(c), np.zeros(c, bool)
         x = logit(member_probs)
+        rows_of = _rows(targets, targets_mask)
         for k in range(c):
-            y = targets[:, k]
-            if y.min() == y.max():
+            rows = rows_of[:, k]
+            y = targets[rows, k]
+            if len(y) == 0 or y.min() == y.max():
                 continue
-            lr = LogisticRegression(C=C, max_iter=1000).fit(x[:, :, k], y)
+            lr = LogisticRegression(C=C, max_iter=1000).fit(x[rows, :, k], y)
             coef[k], intercept[k], fitted[k] = lr.coef_[0], lr.intercept_[0], True
         return cls(coef, intercept, fitted)
 
@@ -102,20 +111,24 @@ class XGBoostStacker:
         return out
 
     @classmethod
-    def fit(cls, member_probs: np.ndarray, targets: np.ndarray, rounds: int = 60, seed: int = 0) -> "XGBoostStacker":
+    def fit(cls, member_probs: np.ndarray, targets: np.ndarray, rounds: int = 60, seed: int = 0,
+            targets_mask: np.ndarray | None = None) -> "XGBoostStacker":
+        """Fit per class; targets with ``targets_mask`` 0 (unknown labels) are left out."""
         import xgboost as xgb
 
         n = member_probs.shape[0]
         features = member_probs.reshape(n, -1)
+        rows_of = _rows(targets, targets_mask)
         boosters = []
         params = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.2, "subsample": 0.9,
                   "min_child_weight": 1, "seed": seed, "nthread": 1, "verbosity": 0}
         for k in range(targets.shape[1]):
-            y = targets[:, k]
-            if y.min() == y.max():
+            rows = rows_of[:, k]
+            y = targets[rows, k]
+            if len(y) == 0 or y.min() == y.max():
                 boosters.append(None)
                 continue
-            boosters.append(xgb.train(params, xgb.DMatrix(features, label=y), num_boost_round=rounds))
+            boosters.append(xgb.train(params, xgb.DMatrix(features[rows], label=y), num_boost_round=rounds))
         return cls(boosters)
 
     def to_json(self) -> dict[str, Any]:

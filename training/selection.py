@@ -1,0 +1,105 @@
+"""Choices made on validation after the members are trained: stackers, thresholds, the decision rule.
+
+Validation holds whole sources the members never saw (``val_sources``) plus a random part of the
+others, so these choices favour what carries over to other hospitals' films. Targets with a loss
+mask of 0 (a neighbour of the one part a source names) count neither way here either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from operators.model.decision import select_labels
+from operators.model.model_package import StackerCalibration
+from operators.model.stacking import LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures, fit_temperatures
+
+from .metrics import multilabel_metrics, tune_thresholds
+
+#: ``top_fraction: auto`` tries these (None: every class above its threshold, the study's rule).
+TOP_FRACTIONS: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass(frozen=True)
+class DecisionChoice:
+    """What validation chose for the package's decision, and the scores it chose by."""
+
+    stacker: str
+    top_fraction: float | None
+    stacker_scores: dict[str, float]  # out-of-fold validation score of each stacker
+    top_fraction_scores: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stacker": self.stacker, "top_fraction": self.top_fraction, "stacker_scores": self.stacker_scores,
+                "top_fraction_scores": self.top_fraction_scores,
+                "score": "validation macro F1 + exact match over known classes (masked targets left out)"}
+
+
+def fit_stackers(kinds: Sequence[str], member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, seed: int) -> dict[str, Any]:
+    """The mean plus every stacker named in ``kinds``, fitted on (N, M, C) member probabilities."""
+    out: dict[str, Any] = {"mean": MeanStacker()}
+    if "logistic" in kinds:
+        out["logistic"] = LogisticStacker.fit(member_probs, y, targets_mask=mask)
+    if "xgboost" in kinds:
+        out["xgboost"] = XGBoostStacker.fit(member_probs, y, seed=seed, targets_mask=mask)
+    return out
+
+
+def calibrate(probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, classes: list[str], calibrate_temperature: bool,
+              tune: bool) -> StackerCalibration:
+    """Temperatures (optional) and per-class thresholds of one stacker's validation probabilities."""
+    temperatures = fit_temperatures(probs, y) if calibrate_temperature else None
+    if temperatures is not None:
+        probs = apply_temperatures(probs, temperatures)
+    thresholds = tune_thresholds(probs, y, classes, targets_mask=mask) if tune else {c: 0.5 for c in classes}
+    return StackerCalibration({c: float(thresholds[c]) for c in classes},
+                              dict(zip(classes, temperatures.tolist())) if temperatures is not None else None)
+
+
+def calibrated(probs: np.ndarray, calibration: StackerCalibration, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A stacker's probabilities after its temperatures, and its thresholds as an array."""
+    if calibration.temperatures:
+        probs = apply_temperatures(probs, np.asarray([calibration.temperatures[c] for c in classes]))
+    return probs, np.asarray([calibration.thresholds[c] for c in classes])
+
+
+def decision_score(probs: np.ndarray, thresholds: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
+                   classes: list[str], top_fraction: float | None) -> float:
+    """Macro F1 plus exact match of the package's decision over known classes: both are the
+    product's targets, and the rule that wins one by losing the other is not wanted."""
+    m = multilabel_metrics(y, select_labels(probs, thresholds, known, top_fraction), classes, known, targets_mask=mask)
+    return float((m["macro_f1"] or 0.0) + (m["exact_match"] or 0.0))
+
+
+def tune_top_fraction(probs: np.ndarray, thresholds: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
+                      classes: list[str]) -> tuple[float | None, dict[str, float]]:
+    """The :data:`TOP_FRACTIONS` value with the best :func:`decision_score` (ties: the earlier, simpler one)."""
+    scores = {str(f): decision_score(probs, thresholds, y, mask, known, classes, f) for f in TOP_FRACTIONS}
+    best = max(TOP_FRACTIONS, key=lambda f: (round(scores[str(f)], 9), -TOP_FRACTIONS.index(f)))
+    return best, scores
+
+
+def choose_stacker(kinds: Sequence[str], member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
+                   classes: list[str], seed: int, calibrate_temperature: bool, tune: bool, folds: int = 5) -> dict[str, float]:
+    """Each stacker's out-of-fold score on validation: fitted on 4/5 of it and scored, with its
+    thresholds and best decision rule, on the rest (a stacker scored where it was fitted would
+    always win). The mean needs no fitting and is scored the same way."""
+    n = len(y)
+    order = np.random.default_rng(seed).permutation(n)
+    fold_of = np.empty(n, int)
+    fold_of[order] = np.arange(n) % max(2, min(folds, n))
+    names = ["mean", *[k for k in ("logistic", "xgboost") if k in kinds]]
+    oof = {k: np.zeros(y.shape) for k in names}
+    for f in np.unique(fold_of):
+        fit_rows, out_rows = fold_of != f, fold_of == f
+        fitted = fit_stackers(kinds, member_probs[fit_rows], y[fit_rows], None if mask is None else mask[fit_rows], seed)
+        for k in names:
+            oof[k][out_rows] = fitted[k].predict(member_probs[out_rows])
+    scores = {}
+    for k in names:
+        probs, th = calibrated(oof[k], calibrate(oof[k], y, mask, classes, calibrate_temperature, tune), classes)
+        _, by_fraction = tune_top_fraction(probs, th, y, mask, known, classes)
+        scores[k] = max(by_fraction.values())
+    return scores
