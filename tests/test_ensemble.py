@@ -55,7 +55,8 @@ def test_top_fraction_keeps_the_top_class_and_drops_weak_seconds():
         [True, True, False, False], [False, False, False, False], [True, True, False, False]]
 
 
-@pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": 1.5}, {"max_labels": 0}, {"review_margin": -0.1}])
+@pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": 1.5}, {"top_fraction": True}, {"top_fraction": "0.5"},
+                                 {"max_labels": 0}, {"review_margin": -0.1}])
 def test_decision_settings_are_checked(bad):
     with pytest.raises(ValueError):
         Decision(**bad)

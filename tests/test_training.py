@@ -166,28 +166,40 @@ def test_masked_targets_count_neither_way_in_metrics_thresholds_and_stackers():
     assert kept[0, 0] < 0.5 < plain[0, 0]
 
 
-def test_top_fraction_is_chosen_on_validation_where_weak_seconds_are_noise():
-    from training.selection import choose_stacker, tune_top_fraction
+def test_decision_is_chosen_out_of_fold_where_weak_seconds_are_noise():
+    from training.selection import TOP_FRACTIONS, choose_decision
 
     rng = np.random.default_rng(1)
-    n, classes = 200, ["a", "b", "c"]
+    n, classes, known = 200, ["a", "b", "c"], np.ones(3, bool)
     y = np.zeros((n, 3))
     y[np.arange(n), rng.integers(0, 3, n)] = 1  # one part per film
-    probs = np.where(y > 0, rng.uniform(0.7, 1.0, y.shape), rng.uniform(0.0, 0.65, y.shape))
-    known, th = np.ones(3, bool), np.full(3, 0.5)
-    best, scores = tune_top_fraction(probs, th, y, None, known, classes)
-    assert best is not None and scores[str(best)] > scores["None"]
-    # when the second class is real and as strong as the first, the study's rule stays
-    y2 = np.ones((n, 3)) * (rng.random((n, 3)) < 0.5)
+    top = rng.uniform(0.5, 1.0, (n, 1))  # no threshold separates the parts; the top of each film does
+    probs = np.where(y > 0, top, top * rng.uniform(0.0, 0.85, y.shape))[:, None, :]
+    args = dict(seed=0, calibrate_temperature=False, tune=True)
+    choice = choose_decision(probs, y, None, known, classes, stackers=["mean", "logistic", "xgboost"],
+                             fractions=TOP_FRACTIONS, **args)
+    assert choice.top_fraction is not None and set(choice.stacker_scores) == {"mean", "logistic", "xgboost"}
+    assert choice.top_fraction_scores[str(choice.top_fraction)] > choice.top_fraction_scores["None"]
+    # real second parts, as strong as the first: the top-only rules lose them
+    y2 = (rng.random((n, 3)) < 0.5).astype(float)
     y2[y2.sum(1) == 0, 0] = 1
-    probs2 = np.where(y2 > 0, 0.9, 0.1)
-    assert tune_top_fraction(probs2, th, y2, None, known, classes)[0] is None
-    scores = choose_stacker(("logistic", "xgboost"), probs[:, None, :], y, None, known, classes, seed=0,
-                            calibrate_temperature=False, tune=True)
-    assert set(scores) == {"mean", "logistic", "xgboost"} and all(0 <= v <= 2 for v in scores.values())
+    probs2 = np.where(y2 > 0, rng.uniform(0.6, 1.0, y2.shape), rng.uniform(0.0, 0.4, y2.shape))[:, None, :]
+    two = choose_decision(probs2, y2, None, known, classes, stackers=["mean"], fractions=TOP_FRACTIONS, **args)
+    assert two.top_fraction is None or two.top_fraction <= 0.5
+    assert two.top_fraction_scores["0.9"] < two.top_fraction_scores[str(two.top_fraction)]
+    # a stacker that memorises validation must not win by being scored where it was fitted:
+    # members that say nothing (constant), labels that are noise -> nothing beats the mean out of fold
+    noise = (rng.random((n, 3)) < 0.3).astype(float)
+    flat = np.full((n, 1, 3), 0.3) + rng.normal(0, 1e-3, (n, 1, 3))
+    fair = choose_decision(flat, noise, None, known, classes, stackers=["mean", "xgboost"], fractions=(None,), **args)
+    assert fair.stacker == "mean" or fair.stacker_scores["xgboost"] - fair.stacker_scores["mean"] < 0.1
+    # copies of one picture stay in one fold; a single group cannot be split: no choice is made
+    one = choose_decision(probs[:4], y[:4], None, known, classes, stackers=["logistic", "mean"], fractions=(None, 0.5),
+                          groups=np.zeros(4, int), **args)
+    assert one.stacker == "logistic" and one.top_fraction is None and one.stacker_scores == {}
 
 
-@pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": "sometimes"}, {"default_stacker": "best"},
+@pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": "sometimes"}, {"top_fraction": True}, {"default_stacker": "best"},
                                  {"selection_metric": "accuracy"}, {"pos_weight_power": 2}])
 def test_decision_and_selection_settings_are_checked(bad):
     with pytest.raises(ValueError):

@@ -98,10 +98,8 @@ class TrainConfig:
             raise ValueError("at least one member is needed")
         if self.lr_min <= 0 or self.lr_max < self.lr_min:
             raise ValueError("need 0 < lr_min <= lr_max")
-        from .members import SELECTION_METRICS
-
-        if self.selection_metric not in SELECTION_METRICS:
-            raise ValueError(f"selection_metric must be one of {sorted(SELECTION_METRICS)}, got {self.selection_metric!r}")
+        if self.selection_metric not in ("sensitivity", "f1"):  # training.members.SELECTION_METRICS
+            raise ValueError(f"selection_metric must be sensitivity or f1, got {self.selection_metric!r}")
         if not 0.0 <= self.pos_weight_power <= 1.0:
             raise ValueError(f"pos_weight_power must lie in [0, 1], got {self.pos_weight_power}")
         for s in self.stackers:
@@ -109,8 +107,8 @@ class TrainConfig:
                 raise ValueError(f"unknown stacker {s!r}")
         if self.default_stacker not in ("mean", "logistic", "xgboost", "auto"):
             raise ValueError(f"unknown default_stacker {self.default_stacker!r} (mean, logistic, xgboost or auto)")
-        if self.top_fraction not in (None, "auto") and not (isinstance(self.top_fraction, (int, float))
-                                                            and 0.0 < self.top_fraction <= 1.0):
+        if self.top_fraction not in (None, "auto") and (isinstance(self.top_fraction, bool) or not (
+                isinstance(self.top_fraction, (int, float)) and 0.0 < self.top_fraction <= 1.0)):
             raise ValueError(f"top_fraction must be null, auto or a number in (0, 1], got {self.top_fraction!r}")
 
     @classmethod

@@ -194,7 +194,8 @@ def train_member(
     sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=config.lr_min, max_lr=config.lr_max,
                                               step_size_up=max(1, 2 * steps), cycle_momentum=False)
     ckpt_path = workdir / f"checkpoint_{member.key}.pt"
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "best_state": None, "history": []}
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "best_state": None, "history": [],
+             "selection_metric": config.selection_metric}
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         net.load_state_dict(ck["model"])
@@ -202,6 +203,11 @@ def train_member(
         sched.load_state_dict(ck["scheduler"])
         state = ck["state"]
         log.info("%s: resumed from %s at epoch %d", member.key, ckpt_path, state["epoch"])
+        if state.get("selection_metric", "sensitivity") != config.selection_metric:
+            # a best score in another metric would never be beaten (or always): start the choice afresh
+            log.info("%s: best epoch so far was chosen by %s; choosing by %s from here", member.key,
+                     state.get("selection_metric", "sensitivity"), config.selection_metric)
+            state.update(best_score=-1.0, best_epoch=state["epoch"], best_state=None)
     cuda = device.type == "cuda"
     started, stopped_by_time_budget = time.perf_counter(), False
     budget_s = None if config.max_minutes_per_member is None else 60.0 * config.max_minutes_per_member
@@ -241,7 +247,7 @@ def train_member(
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_epoch=epoch, best_state={k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-        state["epoch"] = epoch
+        state["epoch"], state["selection_metric"] = epoch, config.selection_metric
         log.info("%s epoch %d: loss %.4f, val %s %.3f%s (%.0fs)", member.key, epoch, record["train_loss"],
                  config.selection_metric, score, " *" if improved else "", record["seconds"])
         torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state}, ckpt_path)

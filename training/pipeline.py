@@ -23,7 +23,7 @@ from .export import write_package
 from .data import Sample, load_grey, load_samples, targets
 from .members import offline_augment, predict, train_member
 from .metrics import multilabel_metrics
-from .selection import DecisionChoice, calibrate, calibrated, choose_stacker, fit_stackers, tune_top_fraction
+from .selection import TOP_FRACTIONS, calibrate, calibrated, choose_decision, fit_stackers
 
 log = logging.getLogger("bodypart.training")
 
@@ -211,25 +211,18 @@ def run_training(
     # every stacker gets its own temperatures and thresholds: one stacker's do not fit another's probabilities
     calibrations = {name: calibrate(st.predict(val_m), val_y, val_mask, classes, config.calibrate, config.tune_thresholds)
                     for name, st in stackers.items()}
-    stacker_scores: dict[str, float] = {}
-    if config.default_stacker == "auto":
-        stacker_scores = choose_stacker(config.stackers, val_m, val_y, val_mask, trained_mask, classes, config.seed,
-                                        config.calibrate, config.tune_thresholds)
-        default = max(stacker_scores, key=lambda k: (round(stacker_scores[k], 9), k == "mean"))
-        log.info("stacker chosen on validation (out of fold): %s (%s)", default,
-                 ", ".join(f"{k} {v:.3f}" for k, v in stacker_scores.items()))
-    else:
-        default = config.default_stacker if config.default_stacker in stackers else "mean"
-    val_default, th = calibrated(stackers[default].predict(val_m), calibrations[default], classes)
-    top_fraction, fraction_scores = (tune_top_fraction(val_default, th, val_y, val_mask, trained_mask, classes)
-                                     if config.top_fraction == "auto" else (config.top_fraction, {}))
-    if config.top_fraction == "auto":
-        log.info("decision rule chosen on validation: top_fraction %s (%s)", top_fraction,
-                 ", ".join(f"{k} {v:.3f}" for k, v in fraction_scores.items()))
-    choice = DecisionChoice(default, top_fraction, stacker_scores, fraction_scores)
+    choice = choose_decision(
+        val_m, val_y, val_mask, trained_mask, classes, config.seed, config.calibrate, config.tune_thresholds,
+        stackers=(["mean", *[k for k in ("logistic", "xgboost") if k in stackers]] if config.default_stacker == "auto"
+                  else [config.default_stacker if config.default_stacker in stackers else "mean"]),
+        fractions=TOP_FRACTIONS if config.top_fraction == "auto" else (config.top_fraction,), groups=groups[va])
+    default, top_fraction = choice.stacker, choice.top_fraction
+    if choice.stacker_scores or choice.top_fraction_scores:
+        log.info("chosen on validation (out of fold): stacker %s, top_fraction %s (%s)", default, top_fraction,
+                 json.dumps(choice.to_json()))
+    _, th = calibrated(stackers[default].predict(val_m), calibrations[default], classes)
     decision = Decision(review_margin=config.review_margin, top_fraction=top_fraction)
     temperatures = calibrations[default].temperatures
-    thresholds = calibrations[default].thresholds
 
     def metrics(pred: np.ndarray, rows: np.ndarray | slice = slice(None)) -> dict[str, Any]:
         return multilabel_metrics(test_y[rows], pred[rows], classes, trained_mask, targets_mask=test_mask[rows])
@@ -304,8 +297,9 @@ def _decision_line(choice: dict[str, Any] | None) -> str:
     rule = ("every known class at or above its threshold" if choice["top_fraction"] is None else
             f"the most probable known class, plus others at or above their thresholds and at least "
             f"{choice['top_fraction']} of its probability")
-    how = " (both chosen on validation)" if choice["stacker_scores"] and choice["top_fraction_scores"] else ""
-    return f"Decision: stacker {choice['stacker']}; labels: {rule}{how}."
+    chosen = lambda scores: " (chosen on validation, out of fold)" if scores else ""  # noqa: E731
+    return (f"Decision: stacker {choice['stacker']}{chosen(choice['stacker_scores'])}; labels: {rule}"
+            f"{chosen(choice['top_fraction_scores'])}.")
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
@@ -345,7 +339,7 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
         "Classes with fewer than 20 images are few-shot: expect low sensitivity on them.",
         "",
         "## How it was trained",
-        f"Validation (epochs, stackers, thresholds) on sources held out as a whole: {', '.join(summary['val_sources']) or 'none (random split)'}"
+        f"Validation (epochs, stackers, thresholds, decision rule) on sources held out as a whole: {', '.join(summary['val_sources']) or 'none (random split)'}"
         " plus a random part of the others.",
         f"Sources that name one part per film although the film shows its neighbours: "
         f"{', '.join(summary['partial_label_sources']) or 'none'}; for their films the neighbouring parts "
@@ -353,7 +347,7 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
         "Online augmentation: " + ", ".join(f"{k}={v}" for k, v in config.augment.to_json().items()) + ".",
         _decision_line(summary.get("decision_choice")),
         "",
-        "## Test metrics (the package's decision: stacker, calibration, thresholds)",
+        "## Test metrics (the package's decision: stacker, calibration, thresholds, rule)",
         f"Held-out test sources: {', '.join(summary['holdout_sources']) or 'none'}.",
         "",
         "| test part | images | macro F1 | micro F1 | exact match | Hamming loss |",

@@ -2,7 +2,8 @@
 
 Validation holds whole sources the members never saw (``val_sources``) plus a random part of the
 others, so these choices favour what carries over to other hospitals' films. Targets with a loss
-mask of 0 (a neighbour of the one part a source names) count neither way here either.
+mask of 0 (a neighbour of the one part a source names) count neither way in stacker fits,
+thresholds and scores (temperatures, when asked for, are fitted on every target).
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ class DecisionChoice:
 
     stacker: str
     top_fraction: float | None
-    stacker_scores: dict[str, float]  # out-of-fold validation score of each stacker
-    top_fraction_scores: dict[str, float]
+    stacker_scores: dict[str, float]  # out-of-fold validation score of each stacker (when chosen)
+    top_fraction_scores: dict[str, float]  # the chosen stacker's, out of fold, per rule (when chosen)
 
     def to_json(self) -> dict[str, Any]:
         return {"stacker": self.stacker, "top_fraction": self.top_fraction, "stacker_scores": self.stacker_scores,
                 "top_fraction_scores": self.top_fraction_scores,
-                "score": "validation macro F1 + exact match over known classes (masked targets left out)"}
+                "score": "out-of-fold validation macro F1 + exact match over known classes (masked targets left out)"}
 
 
 def fit_stackers(kinds: Sequence[str], member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, seed: int) -> dict[str, Any]:
@@ -73,33 +74,41 @@ def decision_score(probs: np.ndarray, thresholds: np.ndarray, y: np.ndarray, mas
     return float((m["macro_f1"] or 0.0) + (m["exact_match"] or 0.0))
 
 
-def tune_top_fraction(probs: np.ndarray, thresholds: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
-                      classes: list[str]) -> tuple[float | None, dict[str, float]]:
-    """The :data:`TOP_FRACTIONS` value with the best :func:`decision_score` (ties: the earlier, simpler one)."""
-    scores = {str(f): decision_score(probs, thresholds, y, mask, known, classes, f) for f in TOP_FRACTIONS}
-    best = max(TOP_FRACTIONS, key=lambda f: (round(scores[str(f)], 9), -TOP_FRACTIONS.index(f)))
-    return best, scores
-
-
-def choose_stacker(kinds: Sequence[str], member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
-                   classes: list[str], seed: int, calibrate_temperature: bool, tune: bool, folds: int = 5) -> dict[str, float]:
-    """Each stacker's out-of-fold score on validation: fitted on 4/5 of it and scored, with its
-    thresholds and best decision rule, on the rest (a stacker scored where it was fitted would
-    always win). The mean needs no fitting and is scored the same way."""
-    n = len(y)
-    order = np.random.default_rng(seed).permutation(n)
-    fold_of = np.empty(n, int)
-    fold_of[order] = np.arange(n) % max(2, min(folds, n))
-    names = ["mean", *[k for k in ("logistic", "xgboost") if k in kinds]]
-    oof = {k: np.zeros(y.shape) for k in names}
-    for f in np.unique(fold_of):
-        fit_rows, out_rows = fold_of != f, fold_of == f
-        fitted = fit_stackers(kinds, member_probs[fit_rows], y[fit_rows], None if mask is None else mask[fit_rows], seed)
-        for k in names:
-            oof[k][out_rows] = fitted[k].predict(member_probs[out_rows])
-    scores = {}
-    for k in names:
+def choose_decision(member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
+                    classes: list[str], seed: int, calibrate_temperature: bool, tune: bool, stackers: Sequence[str],
+                    fractions: Sequence[float | None], groups: np.ndarray | None = None, folds: int = 5) -> DecisionChoice:
+    """The stacker (among ``stackers``) and the rule (among ``fractions``) with the best
+    out-of-fold :func:`decision_score` on validation: each fitted stacker is fitted on 4/5 of it
+    and scored, with thresholds tuned on its out-of-fold outputs, on the rest (a stacker or a rule
+    scored where it was fitted would always win). Folds keep copies of one picture (``groups``)
+    together. Ties go to the mean, then to the simpler rule. With fewer than two groups of
+    validation images, nothing is fitted out of fold and the first stacker is taken as it is."""
+    if len(stackers) == 1 and len(fractions) == 1:
+        return DecisionChoice(stackers[0], fractions[0], {}, {})  # nothing to choose
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    n_folds = min(folds, len(uniq))
+    fitted_kinds = [k for k in stackers if k != "mean"]
+    oof = {k: np.zeros(y.shape) for k in stackers}
+    if "mean" in oof:
+        oof["mean"] = member_probs.mean(axis=1)
+    if fitted_kinds and n_folds >= 2:
+        fold_of_group = np.empty(len(uniq), int)
+        fold_of_group[np.random.default_rng(seed).permutation(len(uniq))] = np.arange(len(uniq)) % n_folds
+        fold_of = fold_of_group[inverse]
+        for f in range(n_folds):
+            fit_rows, out_rows = fold_of != f, fold_of == f
+            fitted = fit_stackers(fitted_kinds, member_probs[fit_rows], y[fit_rows], None if mask is None else mask[fit_rows], seed)
+            for k in fitted_kinds:
+                oof[k][out_rows] = fitted[k].predict(member_probs[out_rows])
+    elif fitted_kinds:
+        return DecisionChoice(stackers[0], fractions[0], {}, {})
+    stacker_scores, fraction_scores = {}, {}
+    for k in stackers:
         probs, th = calibrated(oof[k], calibrate(oof[k], y, mask, classes, calibrate_temperature, tune), classes)
-        _, by_fraction = tune_top_fraction(probs, th, y, mask, known, classes)
-        scores[k] = max(by_fraction.values())
-    return scores
+        fraction_scores[k] = {str(f): decision_score(probs, th, y, mask, known, classes, f) for f in fractions}
+        stacker_scores[k] = max(fraction_scores[k].values())
+    best = max(stackers, key=lambda k: (round(stacker_scores[k], 9), k == "mean"))
+    rule = max(fractions, key=lambda f: (round(fraction_scores[best][str(f)], 9), -list(fractions).index(f)))
+    return DecisionChoice(best, rule, stacker_scores if len(stackers) > 1 else {},
+                          fraction_scores[best] if len(fractions) > 1 else {})

@@ -40,8 +40,11 @@ class Decision:
             raise ValueError(f"review_margin must lie in [0, 1), got {self.review_margin}")
         if self.max_labels < 1:
             raise ValueError(f"max_labels must be at least 1, got {self.max_labels}")
-        if self.top_fraction is not None and not 0.0 < float(self.top_fraction) <= 1.0:
-            raise ValueError(f"top_fraction must lie in (0, 1] or be null, got {self.top_fraction}")
+        if self.top_fraction is not None:
+            if isinstance(self.top_fraction, bool) or not isinstance(self.top_fraction, (int, float)) \
+                    or not 0.0 < self.top_fraction <= 1.0:
+                raise ValueError(f"top_fraction must be a number in (0, 1] or null, got {self.top_fraction!r}")
+            object.__setattr__(self, "top_fraction", float(self.top_fraction))
 
     def to_json(self) -> dict[str, Any]:
         return {"review_margin": self.review_margin, "max_labels": self.max_labels, "top_fraction": self.top_fraction}

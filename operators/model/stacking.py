@@ -116,8 +116,8 @@ class XGBoostStacker:
         """Fit per class; targets with ``targets_mask`` 0 (unknown labels) are left out."""
         import xgboost as xgb
 
-        n = member_probs.shape[0]
-        features = member_probs.reshape(n, -1)
+        n, m, c = member_probs.shape
+        features = member_probs.reshape(n, m * c)
         rows_of = _rows(targets, targets_mask)
         boosters = []
         params = {"objective": "binary:logistic", "max_depth": 2, "eta": 0.2, "subsample": 0.9,
