@@ -166,6 +166,28 @@ def test_masked_targets_count_neither_way_in_metrics_thresholds_and_stackers():
     assert kept[0, 0] < 0.5 < plain[0, 0]
 
 
+def test_a_class_with_few_validation_positives_keeps_the_members_mean():
+    from operators.model.stacking import LogisticStacker, XGBoostStacker
+
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(0, 1, (400, 1, 2))
+    y = np.zeros((400, 2))
+    y[probs[:, 0, 0] > 0.5, 0] = 1
+    y[np.argmax(probs[:, 0, 1]), 1] = 1  # one hip among 400 films
+    x = np.array([[[0.9, 0.9]]])
+    for fitted in (LogisticStacker.fit(probs, y), XGBoostStacker.fit(probs, y)):
+        out = fitted.predict(x)
+        assert out[0, 1] == pytest.approx(0.9) and out[0, 0] != pytest.approx(0.9)  # not silenced; class 0 fitted
+
+
+def test_checkpoints_from_before_say_which_metric_chose_their_best_epoch():
+    from training.members import _selection_metric_of
+
+    assert _selection_metric_of({"history": [{"val_f1": 0.5}]}) == "f1"
+    assert _selection_metric_of({"history": [{"val_sensitivity": 0.5}]}) == "sensitivity"
+    assert _selection_metric_of({"history": [], "selection_metric": "f1"}) == "f1"
+
+
 def test_decision_is_chosen_out_of_fold_where_weak_seconds_are_noise():
     from training.selection import TOP_FRACTIONS, choose_decision
 

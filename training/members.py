@@ -203,10 +203,11 @@ def train_member(
         sched.load_state_dict(ck["scheduler"])
         state = ck["state"]
         log.info("%s: resumed from %s at epoch %d", member.key, ckpt_path, state["epoch"])
-        if state.get("selection_metric", "sensitivity") != config.selection_metric:
+        chosen_by = _selection_metric_of(state)
+        if chosen_by != config.selection_metric:
             # a best score in another metric would never be beaten (or always): start the choice afresh
             log.info("%s: best epoch so far was chosen by %s; choosing by %s from here", member.key,
-                     state.get("selection_metric", "sensitivity"), config.selection_metric)
+                     chosen_by, config.selection_metric)
             state.update(best_score=-1.0, best_epoch=state["epoch"], best_state=None)
     cuda = device.type == "cuda"
     started, stopped_by_time_budget = time.perf_counter(), False
@@ -256,6 +257,15 @@ def train_member(
     return net.eval(), {"best_epoch": state["best_epoch"], "selection_metric": config.selection_metric,
                         f"best_val_{config.selection_metric}": state["best_score"],
                         "stopped_by_time_budget": stopped_by_time_budget, "history": state["history"]}
+
+
+def _selection_metric_of(state: dict[str, Any]) -> str:
+    """The metric a checkpoint's best epoch was chosen by: recorded, else read off its history's
+    ``val_<metric>`` keys (checkpoints from before it was recorded), else the study's sensitivity."""
+    if "selection_metric" in state:
+        return state["selection_metric"]
+    keys = {k.removeprefix("val_") for r in state["history"] for k in r if k.startswith("val_")}
+    return keys.pop() if len(keys) == 1 else "sensitivity"
 
 
 def _reseed_worker(worker_id: int) -> None:

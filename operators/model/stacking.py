@@ -24,6 +24,15 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+#: A per-class stacker fitted on fewer validation positives than this learns to silence the class
+#: (one hip among 400 validation films: the intercept says "never"); such classes keep the mean.
+MIN_POSITIVES = 5
+
+
+def _fittable(y: np.ndarray, min_positives: int) -> bool:
+    return len(y) > 0 and y.sum() >= max(min_positives, 1) and y.min() != y.max()
+
+
 def _rows(targets: np.ndarray, targets_mask: np.ndarray | None) -> np.ndarray:
     """(N, C) booleans: the targets a stacker learns from (all, or those ``targets_mask`` keeps)."""
     return np.ones(targets.shape, bool) if targets_mask is None else np.asarray(targets_mask) > 0
@@ -60,8 +69,9 @@ class LogisticStacker:
 
     @classmethod
     def fit(cls, member_probs: np.ndarray, targets: np.ndarray, C: float = 1.0,
-            targets_mask: np.ndarray | None = None) -> "LogisticStacker":
-        """Fit per class; targets with ``targets_mask`` 0 (unknown labels) are left out."""
+            targets_mask: np.ndarray | None = None, min_positives: int = MIN_POSITIVES) -> "LogisticStacker":
+        """Fit per class; targets with ``targets_mask`` 0 (unknown labels) are left out, and a class
+        with fewer than ``min_positives`` keeps the members' mean."""
         from sklearn.linear_model import LogisticRegression
 
         n, m, c = member_probs.shape
@@ -71,7 +81,7 @@ class LogisticStacker:
         for k in range(c):
             rows = rows_of[:, k]
             y = targets[rows, k]
-            if len(y) == 0 or y.min() == y.max():
+            if not _fittable(y, min_positives):
                 continue
             lr = LogisticRegression(C=C, max_iter=1000).fit(x[rows, :, k], y)
             coef[k], intercept[k], fitted[k] = lr.coef_[0], lr.intercept_[0], True
@@ -112,8 +122,9 @@ class XGBoostStacker:
 
     @classmethod
     def fit(cls, member_probs: np.ndarray, targets: np.ndarray, rounds: int = 60, seed: int = 0,
-            targets_mask: np.ndarray | None = None) -> "XGBoostStacker":
-        """Fit per class; targets with ``targets_mask`` 0 (unknown labels) are left out."""
+            targets_mask: np.ndarray | None = None, min_positives: int = MIN_POSITIVES) -> "XGBoostStacker":
+        """Fit per class; targets with ``targets_mask`` 0 (unknown labels) are left out, and a class
+        with fewer than ``min_positives`` keeps the members' mean."""
         import xgboost as xgb
 
         n, m, c = member_probs.shape
@@ -125,7 +136,7 @@ class XGBoostStacker:
         for k in range(targets.shape[1]):
             rows = rows_of[:, k]
             y = targets[rows, k]
-            if len(y) == 0 or y.min() == y.max():
+            if not _fittable(y, min_positives):
                 boosters.append(None)
                 continue
             boosters.append(xgb.train(params, xgb.DMatrix(features[rows], label=y), num_boost_round=rounds))
