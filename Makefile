@@ -17,7 +17,7 @@ demo: setup
 	ulimit -s 32768 2>/dev/null; $(BIN)/bodypart demo -o out/demo
 
 test: setup
-	ulimit -s 32768 2>/dev/null; $(BIN)/python -m pytest -q
+	ulimit -s 32768 2>/dev/null; $(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf out build *.egg-info

@@ -134,3 +134,34 @@ def test_a_header_nested_deep_still_crosses_to_the_writers(ensemble, corpus, tmp
     (record,) = read_results(out)["instances"]
     assert record["status"] == "classified", record["reason"]
     assert record["outputs"]["sr"] and (out / record["outputs"]["sr"]).is_file()
+
+
+def test_a_package_with_a_top_fraction_rule_labels_every_radiograph_and_says_so(ensemble, corpus, tmp_path):
+    """A package whose decision carries ``top_fraction`` (as across-sources packages do): every
+    radiograph gets its most probable known part, flagged when below threshold, and the rule is in
+    ``results.json``, valid against the schema."""
+    from dataclasses import replace
+
+    from operators.model.decision import Decision
+
+    package = replace(ensemble.package, decision=Decision(top_fraction=0.5))
+    ruled = Ensemble(package, device="cpu")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("cr_hand_j2k.dcm", "wg04_RG2_J2KR.dcm", "dx_pelvis_ddh_1.dcm"):  # the first two get no label without the rule
+        shutil.copyfile(corpus / name, folder / name)
+    out = tmp_path / "out"
+    pipeline = Pipeline(ruled, out, folder, app_version="test")
+    pipeline.run(_feed(ruled, folder, pipeline))
+    doc = read_results(out)
+    assert doc["schema_version"] == "1.1" and doc["model"]["top_fraction"] == 0.5
+    below = 0
+    for record in doc["instances"]:
+        assert record["status"] == "classified" and record["labels"], record["source"]
+        probs = record["probabilities"]
+        top = max(probs, key=probs.get)
+        assert top in record["labels"] and all(probs[c] >= 0.5 * probs[top] for c in record["labels"])
+        if all(probs[c] < record["thresholds"][c] for c in probs):
+            below += 1
+            assert record["needs_review"] and "is the most probable" in record["review_reason"]
+    assert below >= 1  # the shipped package's thresholds leave at least the hand below: the rule's own case

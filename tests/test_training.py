@@ -47,9 +47,9 @@ def test_tiny_run_writes_report_figures_metrics_and_a_package_the_app_loads(tiny
         assert (tiny_run / rel).is_file(), rel
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     choice = metrics["decision_choice"]
-    assert set(choice["stacker_scores"]) == {"mean", "logistic", "xgboost"}
-    assert choice["stacker"] == max(choice["stacker_scores"], key=choice["stacker_scores"].get)
+    assert choice["stacker"] == "logistic" and choice["stacker_scores"] == {}  # fixed in tiny.yaml: not chosen
     assert set(choice["top_fraction_scores"]) == {"None", "0.3", "0.5", "0.7", "0.9"}
+    assert choice["top_fraction_scores"][str(choice["top_fraction"])] == max(choice["top_fraction_scores"].values())
     decision = next(k for k in metrics["evaluations"] if k.startswith(f"stack:{choice['stacker']}+calibration+thresholds"))
     for name in ("efficientnet_lite0", "stack:mean", "stack:logistic", "stack:xgboost", decision):
         m = metrics["evaluations"][name]
@@ -62,7 +62,7 @@ def test_tiny_run_writes_report_figures_metrics_and_a_package_the_app_loads(tiny
     assert "| random_split |" in card and "| held_out_sources | 0 |" in card  # no source held out in this run
     report = (tiny_run / "report.md").read_text()
     assert "| stack:logistic |" in report and "figures/reliability.png" in report
-    assert "## Decision chosen on validation" in report and f"Stacker: **{choice['stacker']}**" in report
+    assert "## Decision chosen on validation" in report and f"Top fraction: **{choice['top_fraction']}**" in report
     assert "## Across sources" in report and metrics["decision_by_part"]["random_split"]["n"] == metrics["split_sizes"]["test"]
 
 

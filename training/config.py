@@ -67,6 +67,7 @@ class TrainConfig:
     # stacking and decisions
     stackers: tuple[str, ...] = ("logistic", "xgboost")
     default_stacker: str = "logistic"  # or "auto": the best out-of-fold on validation
+    stacker_min_positives: int = 5  # a class with fewer validation positives keeps the members' mean
     tune_thresholds: bool = True
     # null: every known class above its threshold (the study); a number: the top class plus others
     # above threshold and at least this fraction of the top (operators/model/decision.py); "auto":
@@ -90,8 +91,8 @@ class TrainConfig:
         self.val_sources, self.test_sources = tuple(self.val_sources), tuple(self.test_sources)
         if set(self.val_sources) & set(self.test_sources):
             raise ValueError(f"sources both in validation and test: {sorted(set(self.val_sources) & set(self.test_sources))}")
-        if self.min_class_images < 1 or self.freeze_stages < 0:
-            raise ValueError("need min_class_images >= 1 and freeze_stages >= 0")
+        if self.min_class_images < 1 or self.freeze_stages < 0 or self.stacker_min_positives < 1:
+            raise ValueError("need min_class_images >= 1, stacker_min_positives >= 1 and freeze_stages >= 0")
         if abs(sum(self.split) - 1.0) > 1e-6 or any(s <= 0 for s in self.split):
             raise ValueError(f"split fractions must be positive and sum to 1, got {self.split}")
         if not self.members:

@@ -207,7 +207,7 @@ def run_training(
 
     classes = catalogue.names
     val_y, val_mask, test_y, test_mask = y[va], masks[va], y[te], masks[te]
-    stackers = fit_stackers(config.stackers, val_m, val_y, val_mask, config.seed)
+    stackers = fit_stackers(config.stackers, val_m, val_y, val_mask, config.seed, config.stacker_min_positives)
     # every stacker gets its own temperatures and thresholds: one stacker's do not fit another's probabilities
     calibrations = {name: calibrate(st.predict(val_m), val_y, val_mask, classes, config.calibrate, config.tune_thresholds)
                     for name, st in stackers.items()}
@@ -215,7 +215,8 @@ def run_training(
         val_m, val_y, val_mask, trained_mask, classes, config.seed, config.calibrate, config.tune_thresholds,
         stackers=(["mean", *[k for k in ("logistic", "xgboost") if k in stackers]] if config.default_stacker == "auto"
                   else [config.default_stacker if config.default_stacker in stackers else "mean"]),
-        fractions=TOP_FRACTIONS if config.top_fraction == "auto" else (config.top_fraction,), groups=groups[va])
+        fractions=TOP_FRACTIONS if config.top_fraction == "auto" else (config.top_fraction,), groups=groups[va],
+        min_positives=config.stacker_min_positives)
     default, top_fraction = choice.stacker, choice.top_fraction
     if choice.stacker_scores or choice.top_fraction_scores:
         log.info("chosen on validation (out of fold): stacker %s, top_fraction %s (%s)", default, top_fraction,

@@ -15,7 +15,8 @@ import numpy as np
 
 from operators.model.decision import select_labels
 from operators.model.model_package import StackerCalibration
-from operators.model.stacking import LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures, fit_temperatures
+from operators.model.stacking import (MIN_POSITIVES, LogisticStacker, MeanStacker, XGBoostStacker, apply_temperatures,
+                                      fit_temperatures)
 
 from .metrics import multilabel_metrics, tune_thresholds
 
@@ -38,13 +39,15 @@ class DecisionChoice:
                 "score": "out-of-fold validation macro F1 + exact match over known classes (masked targets left out)"}
 
 
-def fit_stackers(kinds: Sequence[str], member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, seed: int) -> dict[str, Any]:
-    """The mean plus every stacker named in ``kinds``, fitted on (N, M, C) member probabilities."""
+def fit_stackers(kinds: Sequence[str], member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, seed: int,
+                 min_positives: int = MIN_POSITIVES) -> dict[str, Any]:
+    """The mean plus every stacker named in ``kinds``, fitted on (N, M, C) member probabilities
+    (per class, where it has ``min_positives``; else that class keeps the mean)."""
     out: dict[str, Any] = {"mean": MeanStacker()}
     if "logistic" in kinds:
-        out["logistic"] = LogisticStacker.fit(member_probs, y, targets_mask=mask)
+        out["logistic"] = LogisticStacker.fit(member_probs, y, targets_mask=mask, min_positives=min_positives)
     if "xgboost" in kinds:
-        out["xgboost"] = XGBoostStacker.fit(member_probs, y, seed=seed, targets_mask=mask)
+        out["xgboost"] = XGBoostStacker.fit(member_probs, y, seed=seed, targets_mask=mask, min_positives=min_positives)
     return out
 
 
@@ -76,7 +79,8 @@ def decision_score(probs: np.ndarray, thresholds: np.ndarray, y: np.ndarray, mas
 
 def choose_decision(member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
                     classes: list[str], seed: int, calibrate_temperature: bool, tune: bool, stackers: Sequence[str],
-                    fractions: Sequence[float | None], groups: np.ndarray | None = None, folds: int = 5) -> DecisionChoice:
+                    fractions: Sequence[float | None], groups: np.ndarray | None = None, folds: int = 5,
+                    min_positives: int = MIN_POSITIVES) -> DecisionChoice:
     """The stacker (among ``stackers``) and the rule (among ``fractions``) with the best
     out-of-fold :func:`decision_score` on validation: each fitted stacker is fitted on 4/5 of it
     and scored, with thresholds tuned on its out-of-fold outputs, on the rest (a stacker or a rule
@@ -98,7 +102,8 @@ def choose_decision(member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | 
         fold_of = fold_of_group[inverse]
         for f in range(n_folds):
             fit_rows, out_rows = fold_of != f, fold_of == f
-            fitted = fit_stackers(fitted_kinds, member_probs[fit_rows], y[fit_rows], None if mask is None else mask[fit_rows], seed)
+            fitted = fit_stackers(fitted_kinds, member_probs[fit_rows], y[fit_rows], None if mask is None else mask[fit_rows], seed,
+                                  min_positives)
             for k in fitted_kinds:
                 oof[k][out_rows] = fitted[k].predict(member_probs[out_rows])
     elif fitted_kinds:
