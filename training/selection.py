@@ -83,8 +83,9 @@ def choose_decision(member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | 
                     min_positives: int = MIN_POSITIVES) -> DecisionChoice:
     """The stacker (among ``stackers``) and the rule (among ``fractions``) with the best
     out-of-fold :func:`decision_score` on validation: each fitted stacker is fitted on 4/5 of it
-    and scored, with thresholds tuned on its out-of-fold outputs, on the rest (a stacker or a rule
-    scored where it was fitted would always win). Folds keep copies of one picture (``groups``)
+    and predicts the rest (a stacker scored where it was fitted would always win). Thresholds are
+    then tuned on those out-of-fold outputs and the rules scored on them: in-sample for the
+    thresholds, alike for every candidate. Folds keep copies of one picture (``groups``)
     together. Ties go to the mean, then to the simpler rule. With fewer than two groups of
     validation images, nothing is fitted out of fold and the first stacker is taken as it is."""
     if len(stackers) == 1 and len(fractions) == 1:
