@@ -108,9 +108,13 @@ class TrainConfig:
                 raise ValueError(f"unknown stacker {s!r}")
         if self.default_stacker not in ("mean", "logistic", "xgboost", "auto"):
             raise ValueError(f"unknown default_stacker {self.default_stacker!r} (mean, logistic, xgboost or auto)")
-        if self.top_fraction not in (None, "auto") and (isinstance(self.top_fraction, bool) or not (
-                isinstance(self.top_fraction, (int, float)) and 0.0 < self.top_fraction <= 1.0)):
-            raise ValueError(f"top_fraction must be null, auto or a number in (0, 1], got {self.top_fraction!r}")
+        if self.top_fraction != "auto":
+            from operators.model.decision import Decision
+
+            try:  # the package's own check of the rule
+                Decision(top_fraction=self.top_fraction)
+            except ValueError as e:
+                raise ValueError(f"{e} (or auto)") from None
 
     @classmethod
     def load(cls, path: Path, **overrides: Any) -> "TrainConfig":

@@ -118,17 +118,14 @@ def macro_sensitivity(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5, 
 
 
 def macro_f1(probs: np.ndarray, y: np.ndarray, threshold: float = 0.5, mask: np.ndarray | None = None) -> float:
-    """Mean F1 at ``threshold`` over the classes with positives; targets with ``mask`` 0 (a
-    neighbour on a one-part-per-film source) count neither way. Unlike sensitivity it pays for
-    false positives, which is what fires a shoulder on other hospitals' chests."""
-    y = y > 0
-    m = np.ones(y.shape, bool) if mask is None else mask > 0
-    pred = probs >= threshold
-    tp, fp, fn = (pred & y & m).sum(0), (pred & ~y & m).sum(0), (~pred & y & m).sum(0)
-    pos = (y & m).sum(0) > 0
-    if not pos.any():
-        return 0.0
-    return float((2 * tp[pos] / (2 * tp[pos] + fp[pos] + fn[pos])).mean())
+    """Macro F1 at ``threshold`` (:func:`training.metrics.multilabel_metrics`: classes with
+    positives; targets with ``mask`` 0, a neighbour on a one-part-per-film source, count neither
+    way). Unlike sensitivity it pays for false positives, which is what fires a shoulder on other
+    hospitals' chests."""
+    from .metrics import multilabel_metrics
+
+    classes = [str(k) for k in range(y.shape[1])]
+    return multilabel_metrics(y > 0, probs >= threshold, classes, targets_mask=mask)["macro_f1"] or 0.0
 
 
 #: ``selection_metric`` values: how validation picks a member's best epoch.

@@ -221,7 +221,6 @@ def run_training(
     if choice.stacker_scores or choice.top_fraction_scores:
         log.info("chosen on validation (out of fold): stacker %s, top_fraction %s (%s)", default, top_fraction,
                  json.dumps(choice.to_json()))
-    _, th = calibrated(stackers[default].predict(val_m), calibrations[default], classes)
     decision = Decision(review_margin=config.review_margin, top_fraction=top_fraction)
     temperatures = calibrations[default].temperatures
 
@@ -231,7 +230,7 @@ def run_training(
     evaluations: dict[str, Any] = {}
     for k, m in enumerate(config.members):
         evaluations[m.key] = metrics(test_m[:, k] >= 0.5)
-    default_test, _ = calibrated(stackers[default].predict(test_m), calibrations[default], classes)
+    default_test, th = calibrated(stackers[default].predict(test_m), calibrations[default], classes)
     th_pred = select_labels(default_test, th, trained_mask, top_fraction)  # the package's decision
     for name, st in stackers.items():
         evaluations[f"stack:{name}"] = metrics(st.predict(test_m) >= 0.5)
