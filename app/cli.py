@@ -67,6 +67,26 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                                    f"{option.env})")
 
 
+def _settings(overrides: dict[str, str] | None):
+    """The app's settings as it will read them: app.yaml's (or HOLOSCAN_CONFIG_PATH's) ``bodypart:``
+    section, then BODYPART_* variables and ``overrides``. Raises ``SettingsError`` as the app would."""
+    import os
+
+    import yaml
+
+    from app.settings import SECTION, Settings, SettingsError, config_path
+
+    env = {**os.environ, **(overrides or {})}
+    config = config_path(env)
+    if config is not None and not config.is_file():
+        raise SettingsError(f"config file {config} (HOLOSCAN_CONFIG_PATH) does not exist")
+    try:
+        section = (yaml.safe_load(config.read_text()) or {}).get(SECTION) if config else {}
+    except yaml.YAMLError as e:
+        raise SettingsError(f"config file {config} is not valid YAML: {e}") from None
+    return Settings.load(section, env, config_name=str(config) if config else "app.yaml")
+
+
 def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dict[str, str] | None = None) -> int:
     """Run ``python -m app`` as MONAI Deploy does (``settings``: BODYPART_* overrides), then
     summarise results.json for a person."""
@@ -87,14 +107,7 @@ def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dic
 
     print(results_table(doc))
     sheet = results_sheet(doc, inputs, output / "results.png")
-    import yaml
-
-    from app.settings import SECTION, Settings, config_path
-
-    env = {**os.environ, **(settings or {})}
-    config = config_path(env)
-    section = (yaml.safe_load(config.read_text()) or {}).get(SECTION) if config and config.is_file() else {}
-    sr_dir, corrected_dir = Settings.load(section, env).folders(output)  # as the app, which checked them, read them
+    sr_dir, corrected_dir = _settings(settings).folders(output)  # as the app, which checked them, read them
     print(f"\nresults: {results}\nstructured reports: {sr_dir}\ncorrected copies: {corrected_dir}" +
           (f"\npicture: {sheet}" if sheet else ""))
     return 0
@@ -254,10 +267,15 @@ def main(argv: list[str] | None = None) -> int:
         inputs = write_samples(args.output / "input")
         return _run_app(inputs, args.output / "output", None, log)
     elif args.command == "run":
-        from app.settings import OPTIONS
+        from app.settings import OPTIONS, SettingsError
 
         overrides = {o.env: str(getattr(args, f"setting_{o.key}")) for o in OPTIONS
                      if getattr(args, f"setting_{o.key}") is not None}
+        try:  # before a study is pulled or the app started: a wrong setting costs nothing
+            _settings(overrides)
+        except SettingsError as e:
+            log.error("%s", e)
+            return 2
         network = _network(args, log)
         if isinstance(network, int):
             return network

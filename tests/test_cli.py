@@ -55,7 +55,7 @@ def test_demo_runs_the_app_with_the_default_model_on_bundled_samples(tmp_path, c
     assert "CHEST" in capsys.readouterr().out
 
 
-def test_run_reads_the_config_file_and_its_flags_override_it(corpus, tiny_package, tmp_path, monkeypatch, capfd):
+def test_run_reads_the_config_file_and_its_flags_override_it(corpus, tiny_package, tmp_path, monkeypatch, caplog):
     """A MAP's config (HOLOSCAN_CONFIG_PATH) turns DICOM outputs off; `--dicom-outputs 1` turns them back on."""
     config = tmp_path / "site.yaml"
     config.write_text("bodypart:\n  dicom_outputs: false\n  batch_size: 2\n")
@@ -69,9 +69,14 @@ def test_run_reads_the_config_file_and_its_flags_override_it(corpus, tiny_packag
     assert read_results(tmp_path / "config")["summary"]["classified"] == 1 and not (tmp_path / "config/sr").exists()
     assert main(common + ["-o", str(tmp_path / "flag"), "--dicom-outputs", "1"]) == 0
     assert len(list((tmp_path / "flag/sr").glob("*.dcm"))) == 2
-    capfd.readouterr()
+    caplog.clear()
     assert main(common + ["-o", str(tmp_path / "bad"), "--batch-size", "0"]) == 2
-    assert "BODYPART_BATCH_SIZE='0': must be at least 1" in capfd.readouterr().err
+    assert "BODYPART_BATCH_SIZE='0': must be at least 1" in caplog.text
     config.write_text("bodypart:\n  batchsize: 2\n")
     assert main(common + ["-o", str(tmp_path / "bad2")]) == 2
-    assert f"{config}: unknown setting bodypart.batchsize" in capfd.readouterr().err
+    assert f"{config}: unknown setting bodypart.batchsize" in caplog.text
+    config.write_text("bodypart: [\n")
+    assert main(common + ["-o", str(tmp_path / "bad3")]) == 2
+    assert f"config file {config} is not valid YAML" in caplog.text
+    # checked before the app starts (or a study is pulled): nothing written
+    assert not any((tmp_path / name).exists() for name in ("bad", "bad2", "bad3"))
