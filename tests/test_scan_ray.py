@@ -35,7 +35,7 @@ def _comparable(row: dict) -> dict:
 
 
 def test_the_ray_engine_gives_the_local_engines_rows(archive, corpus, tmp_path):  # noqa: F811
-    """Also for a name that is not UTF-8 and a broken link (recorded once, not again on resume)."""
+    """Also for a name that is not UTF-8 and a broken link."""
     shutil.copyfile(corpus / FILES[0], os.fsencode(archive / "site2") + b"/caf\xe9.dcm")
     (archive / "site2" / "broken.dcm").symlink_to(archive / "nowhere.dcm")
     inputs = len(FILES) + 3
@@ -58,21 +58,20 @@ def test_the_ray_engine_gives_the_local_engines_rows(archive, corpus, tmp_path):
     summary = json.loads((on_ray / "scan.json").read_text())
     assert summary["complete"] is True and summary["engine"] == "ray" and summary["this_scan"] == {"classified": 9, "failed": 2}
     assert (on_ray / "report.html").exists() and not (on_ray / ".listing").exists()
-    again = _scan_ray(archive, on_ray)  # nothing left: the broken link is done too
-    assert again.returncode == 0 and read_table(on_ray).num_rows == inputs
-    assert json.loads((on_ray / "scan.json").read_text())["this_scan"] == {}
 
 
 @pytest.fixture
 def larger_archive(archive):  # noqa: F811
-    """The archive three times over (25 inputs): Ray's rows come in bursts of a read task's 4 files."""
-    for copy in (1, 2):
-        shutil.copytree(archive, archive / f"copy{copy}", ignore=shutil.ignore_patterns("copy*"))
+    """The archive twice over and a broken link (19 inputs): Ray's rows come in bursts of a read
+    task's 4 files."""
+    shutil.copytree(archive, archive / "copy", ignore=shutil.ignore_patterns("copy*"))
+    (archive / "broken.dcm").symlink_to(archive / "nowhere.dcm")
     return archive
 
 
 def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tmp_path):
-    archive, inputs = larger_archive, 3 * (len(FILES) + 1)
+    """And a scan with nothing left does nothing: the broken link is recorded once, not again."""
+    archive, inputs = larger_archive, 2 * (len(FILES) + 1) + 1
     out = tmp_path / "out"
     # parts of two rows, so that a kill lands between parts; the whole group is killed (Ray's servers too)
     proc = subprocess.Popen([sys.executable, "-c", "import operators.outputs.scan_table as t, sys; t.ROWS_PER_PART = 2; "
@@ -95,6 +94,10 @@ def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tm
     assert {r["source"]: r["record"] for r in rows if r["source"] in {f["source"] for f in first}} == {
         f["source"]: f["record"] for f in first}
     assert sum(json.loads((out / "scan.json").read_text())["this_scan"].values()) == inputs - len(first)
+    assert {r["source"]: r["status"] for r in rows}["broken.dcm"] == "failed"
+    again = _scan_ray(archive, out)  # nothing left
+    assert again.returncode == 0 and read_table(out).num_rows == inputs
+    assert json.loads((out / "scan.json").read_text())["this_scan"] == {}
 
 
 def crash_on_marked_files(batch: dict, **kwargs) -> dict:
