@@ -6,7 +6,9 @@ holds up on sources held out as a whole.
 Reads ``RUN/split.csv`` and ``RUN/package``, computes the members' mean probability for every
 validation and test image through the package's preprocessing, tunes what needs tuning on
 validation only, and prints macro F1 and exact match over the package's known classes on the test
-images of held-out sources and on the random test part. The rules: a fixed 0.5; per-class
+images of held-out sources and on the random test part; as the training report does, a neighbour of
+the one part a partial-label source names (the run's ``partial_label_sources``) counts neither way,
+in tuning and in scoring. The rules: a fixed 0.5; per-class
 thresholds tuned on validation; the top class alone; the top class plus others above a threshold
 and within a fraction of the top probability. Not a test; numbers depend on the run.
 """
@@ -29,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 from operators.catalogue import Catalogue  # noqa: E402
 from operators.model.ensemble import Ensemble  # noqa: E402
 from operators.model.model_package import load_package  # noqa: E402
-from training.data import load_grey  # noqa: E402
+from training.data import Sample, load_grey  # noqa: E402
 from training.metrics import multilabel_metrics, tune_thresholds  # noqa: E402
+from training.pipeline import loss_masks  # noqa: E402
 
 
 def mean_probabilities(ens: Ensemble, rows: list[dict[str, str]], batch: int = 32) -> np.ndarray:
@@ -42,8 +45,9 @@ def mean_probabilities(ens: Ensemble, rows: list[dict[str, str]], batch: int = 3
     return np.concatenate(out)
 
 
-def rules(val_p: np.ndarray, val_y: np.ndarray, classes: list[str]) -> dict[str, callable]:
-    th = np.array([tune_thresholds(val_p, val_y, classes)[c] for c in classes])
+def rules(val_p: np.ndarray, val_y: np.ndarray, classes: list[str], val_mask: np.ndarray | None = None) -> dict[str, callable]:
+    tuned = tune_thresholds(val_p, val_y, classes, targets_mask=val_mask)
+    th = np.array([tuned[c] for c in classes])
 
     def top1(p):
         t = np.zeros_like(p, bool)
@@ -67,23 +71,26 @@ def main() -> int:
     classes = cat.names
     metrics = json.loads((args.run / "metrics.json").read_text())
     held_sources = set(metrics["holdout_sources"])
+    partial = json.loads((args.run / "config.json").read_text()).get("partial_label_sources") or []
     package = load_package(args.run / "package")
     known = np.asarray(package.known_mask, bool)
     ens = Ensemble(package, device="cpu", tta=args.tta)
     rows = list(csv.DictReader(open(args.run / "split.csv")))
     parts = {k: [r for r in rows if r["split"] == k] for k in ("val", "test")}
     y = {k: np.array([[c in r["labels"].split("|") for c in classes] for r in v]) for k, v in parts.items()}
+    masks = {k: loss_masks([Sample(Path(r["path"]), tuple(r["labels"].split("|")), r["source"]) for r in v], cat, partial)
+             for k, v in parts.items()}
     p = {k: np.where(known, mean_probabilities(ens, v), 0.0) for k, v in parts.items()}
     held = np.array([r["source"] in held_sources for r in parts["test"]])
-    result = {"run": str(args.run), "tta": args.tta, "date": time.strftime("%Y-%m-%d"), "held_out_sources": sorted(held_sources),
+    result = {"run": str(args.run), "tta": args.tta, "partial_label_sources": partial, "date": time.strftime("%Y-%m-%d"), "held_out_sources": sorted(held_sources),
               "test_images": {"held_out": int(held.sum()), "random_split": int((~held).sum())}, "rules": {}}
     print(f"{args.run}: {held.sum()} held-out and {(~held).sum()} random-split test images; tta={args.tta}")
     print("| rule | held-out macro F1 | held-out exact match | random-split macro F1 | random-split exact match |")
     print("|---|---|---|---|---|")
-    for name, rule in rules(p["val"], y["val"], classes).items():
+    for name, rule in rules(p["val"], y["val"], classes, masks["val"]).items():
         pred = rule(p["test"])
-        h = multilabel_metrics(y["test"][held], pred[held], classes, known)
-        r = multilabel_metrics(y["test"][~held], pred[~held], classes, known)
+        h = multilabel_metrics(y["test"][held], pred[held], classes, known, targets_mask=masks["test"][held])
+        r = multilabel_metrics(y["test"][~held], pred[~held], classes, known, targets_mask=masks["test"][~held])
         result["rules"][name] = {"held_out": {k: h[k] for k in ("macro_f1", "exact_match", "micro_f1")},
                                  "random_split": {k: r[k] for k in ("macro_f1", "exact_match", "micro_f1")}}
         print(f"| {name} | {h['macro_f1']:.3f} | {h['exact_match']:.3f} | {r['macro_f1']:.3f} | {r['exact_match']:.3f} |")

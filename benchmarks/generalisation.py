@@ -8,7 +8,9 @@ For labelled images (the layouts ``bodypart train`` reads; ``--source`` keeps on
 a set that has a ``source`` column) it reports, through the package's own preprocessing and
 decision, with and without test-time augmentation (flips):
 
-- macro F1 over the package's known classes, exact match, per class and per source;
+- macro F1 over the package's known classes, exact match, per class and per source (for a source
+  given as ``--partial-source``, which names one part per film, the neighbours of that part count
+  neither way, as in the training report);
 - *degrade consistency*: the share of images whose labels stay the same when the image is brought
   down to 100 px on the long side and back (the resolution of the training set's hands);
 - *crop extent*: the share whose labels keep every label when a centred 60 % window is cut out.
@@ -37,6 +39,7 @@ from operators.model.model_package import load_package  # noqa: E402
 from operators.testing.probes import centre_crop, degrade  # noqa: E402
 from training.data import load_grey, load_samples, targets  # noqa: E402
 from training.metrics import multilabel_metrics  # noqa: E402
+from training.pipeline import loss_masks  # noqa: E402
 
 
 def main() -> int:
@@ -44,6 +47,8 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=ROOT / "app/models/default")
     ap.add_argument("--data", type=Path, action="append", required=True)
     ap.add_argument("--source", action="append", default=[], help="keep only these sources of sets that name theirs")
+    ap.add_argument("--partial-source", action="append", default=[],
+                    help="a source that names one part per film (its neighbours' labels unknown)")
     ap.add_argument("--stacker", help="a stacker of the package other than its default (mean, logistic, xgboost)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -57,10 +62,11 @@ def main() -> int:
         named = {s.source for s in got} - {Path(d).name}
         samples += [s for s in got if not named or not args.source or s.source in args.source]
     y = targets(samples, cat)
+    masks = loss_masks(samples, cat, args.partial_source)
     known = np.asarray(package.known_mask, bool)
     images = [load_grey(s.path, pre.max_side) for s in samples]
     started = time.perf_counter()
-    out = {"package": f"{package.metadata.get('name')} {package.metadata.get('version')}", "images": len(samples),
+    out = {"package": f"{package.metadata.get('name')} {package.metadata.get('version')}", "images": len(samples), "partial_label_sources": args.partial_source,
            "stacker": args.stacker or package.stacker_kind,
            "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"), "results": {}}
     for tta in (False, True):
@@ -74,11 +80,11 @@ def main() -> int:
         low = labels_of([degrade(im) for im in images])
         crop = labels_of([centre_crop(im) for im in images])
         pred = np.array([[c in l for c in cat.names] for l in full])
-        m = multilabel_metrics(y, pred, cat.names, known)
+        m = multilabel_metrics(y, pred, cat.names, known, targets_mask=masks)
         by_source = {}
         for src in sorted({s.source for s in samples}):
             idx = [i for i, s in enumerate(samples) if s.source == src]
-            by_source[src] = {k: v for k, v in multilabel_metrics(y[idx], pred[idx], cat.names, known).items() if k != "per_class"}
+            by_source[src] = {k: v for k, v in multilabel_metrics(y[idx], pred[idx], cat.names, known, targets_mask=masks[idx]).items() if k != "per_class"}
         out["results"]["tta" if tta else "plain"] = {
             "macro_f1": m["macro_f1"], "exact_match": m["exact_match"], "micro_f1": m["micro_f1"],
             "degrade_consistency": float(np.mean([a == b for a, b in zip(full, low)])),
