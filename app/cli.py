@@ -147,6 +147,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="override the config's data-loader processes")
     p.add_argument("--max-minutes-per-member", type=float,
                    help="time budget per member: stop before an epoch that would not end in it (best epoch kept)")
+    p.add_argument("--tta", type=int, choices=(0, 1), help="override the config's test-time augmentation (1: the "
+                   "members average each image and its flips, in validation, test and the package; 3x the work)")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
 
 
@@ -328,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             config = TrainConfig.load(args.config, device=args.device, epochs=args.epochs, num_workers=args.workers,
-                                      max_minutes_per_member=args.max_minutes_per_member)
+                                      max_minutes_per_member=args.max_minutes_per_member,
+                                      tta=None if args.tta is None else bool(args.tta))
             package = run_training(config, args.data, args.output, layout=args.layout,
                                    holdout_sources=args.holdout_source, resume=not args.no_resume, test_data=args.test_data)
         except (DataError, ValueError, FileNotFoundError) as e:

@@ -189,3 +189,34 @@ def test_test_time_augmentation_averages_each_member_over_the_flips():
     views = [plain.member_probabilities(v) for v in (x, x.flip(-1), x.flip(-2))]
     assert np.allclose(tta.member_probabilities(x), np.mean(views, axis=0), atol=1e-6)
     assert not np.allclose(views[0], views[1], atol=1e-4)  # the flips are different inputs to the network
+
+
+def _with_inference(tiny_package, tmp_path, inference):
+    import shutil
+
+    from training.export import refresh_checksums
+
+    pkg_dir = tmp_path / "pkg"
+    shutil.copytree(tiny_package, pkg_dir)
+    meta_path = pkg_dir / "configs/metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["inference"] = inference
+    meta_path.write_text(json.dumps(meta))
+    refresh_checksums(pkg_dir)
+    return pkg_dir
+
+
+def test_a_package_fitted_on_flips_is_classified_with_them(tiny_package, tmp_path):
+    """``inference.tta`` (stackers and thresholds fitted on flip-averaged members): the app's
+    ensemble averages the flips too, and results say so; a package without the key does not."""
+    from operators.model.model_package import ModelPackageError
+
+    assert load_package(tiny_package).tta is False and Ensemble(load_package(tiny_package), device="cpu").info.tta is False
+    pkg = load_package(_with_inference(tiny_package, tmp_path, {"tta": True}))
+    ens = Ensemble(pkg, device="cpu")
+    assert pkg.tta is True and ens.tta is True and ens.info.to_json()["tta"] is True
+    x = torch.randn(2, pkg.preprocessing.channels, 64, 64)
+    assert np.allclose(ens.member_probabilities(x), Ensemble(pkg, device="cpu", tta=True).member_probabilities(x))
+    assert not np.allclose(ens.member_probabilities(x), Ensemble(pkg, device="cpu", tta=False).member_probabilities(x), atol=1e-5)
+    with pytest.raises(ModelPackageError, match="inference.tta must be true or false, got 'yes'"):
+        load_package(_with_inference(tiny_package, tmp_path / "bad", {"tta": "yes"}))

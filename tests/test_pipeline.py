@@ -154,7 +154,7 @@ def test_a_package_with_a_top_fraction_rule_labels_every_radiograph_and_says_so(
     pipeline = Pipeline(ruled, out, folder, app_version="test")
     pipeline.run(_feed(ruled, folder, pipeline))
     doc = read_results(out)
-    assert doc["schema_version"] == "1.1" and doc["model"]["top_fraction"] == 0.5
+    assert doc["schema_version"] == "1.2" and doc["model"]["top_fraction"] == 0.5 and doc["model"]["tta"] is False
     below = 0
     for record in doc["instances"]:
         assert record["status"] == "classified" and record["labels"], record["source"]

@@ -44,6 +44,7 @@ def write_package(
     default_stacker: str,
     calibrations: dict[str, StackerCalibration],
     decision: Decision = Decision(),
+    tta: bool = False,
     extra: dict[str, Any] | None = None,
     model_card: str | None = None,
     weights_dtype: torch.dtype = torch.float32,
@@ -52,6 +53,9 @@ def write_package(
 
     ``calibrations`` holds the thresholds (and temperatures) of each stacker the package offers;
     the default stacker must have one.
+
+    ``tta``: the stackers and thresholds were fitted on members averaged over each image and its
+    flips, so the app must classify that way too (``inference.tta``).
 
     ``weights_dtype=torch.float16`` halves the size on disk; weights are cast back to float32 on
     loading (the difference in outputs is far below the decision margins).
@@ -97,6 +101,7 @@ def write_package(
         "stacker": {"kind": default_stacker, "files": stacker_files,
                     "calibrations": {kind: c.to_json() for kind, c in calibrations.items()}},
         "decision": decision.to_json(),
+        "inference": {"tta": bool(tta)},
         "files": files,
         **(extra or {}),
     }

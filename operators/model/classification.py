@@ -25,13 +25,14 @@ class ModelInfo:
     trained_classes: tuple[str, ...]
     thresholds: dict[str, float]  # trained classes only
     top_fraction: float | None = None  # the decision rule (operators/model/decision.py)
+    tta: bool = False  # members averaged over each image and its flips
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "version": self.version, "sha256": self.checksum, "stacker": self.stacker,
             "device": self.device, "classes": list(self.classes), "trained_classes": list(self.trained_classes),
             "untrained_classes": [c for c in self.classes if c not in self.trained_classes],
-            "thresholds": self.thresholds, "top_fraction": self.top_fraction,
+            "thresholds": self.thresholds, "top_fraction": self.top_fraction, "tta": self.tta,
         }
 
 

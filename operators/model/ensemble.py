@@ -54,9 +54,11 @@ class Ensemble:
     """
 
     def __init__(self, package: ModelPackage, device: str | torch.device | None = None, stacker: str | None = None,
-                 precision: str | None = None, compile: bool = False, tta: bool = False):
+                 precision: str | None = None, compile: bool = False, tta: bool | None = None):
         self.package = package
-        self.tta = tta  # average each member over the image and its two flips (3x the work)
+        # average each member over the image and its two flips (3x the work); by default as the
+        # package's stackers and thresholds were fitted
+        self.tta = package.tta if tta is None else tta
         self.device = pick_device(str(device) if device else None)
         self.precision = precision or package.metadata.get("inference", {}).get("precision", DEFAULT_PRECISION)
         if self.precision not in PRECISIONS:
@@ -85,7 +87,7 @@ class Ensemble:
     @property
     def info(self) -> ModelInfo:
         """The package and decision settings this ensemble classifies with, as results record them."""
-        return model_info(self.package, self.stacker_kind, str(self.device))
+        return model_info(self.package, self.stacker_kind, str(self.device), self.tta)
 
     @property
     def member_names(self) -> list[str]:
@@ -130,9 +132,10 @@ class Ensemble:
         )
 
 
-def model_info(package: ModelPackage, stacker: str | None = None, device: str = "cpu") -> ModelInfo:
+def model_info(package: ModelPackage, stacker: str | None = None, device: str = "cpu", tta: bool | None = None) -> ModelInfo:
     """What an ensemble of ``package`` with ``stacker`` on ``device`` classifies with, without loading it."""
     p, stacker = package, stacker or package.stacker_kind
     thresholds = p.calibration(stacker).thresholds
     return ModelInfo(p.name, p.version, p.checksum, stacker, device, p.classes, p.trained_classes,
-                     {c: float(thresholds[c]) for c in p.trained_classes}, p.decision.top_fraction)
+                     {c: float(thresholds[c]) for c in p.trained_classes}, p.decision.top_fraction,
+                     p.tta if tta is None else tta)

@@ -87,6 +87,7 @@ class ModelPackage:
     stacker_files: dict[str, str]
     calibrations: dict[str, StackerCalibration]  # per stacker kind
     decision: Decision
+    tta: bool  # members average each image and its flips (how the stackers and thresholds were fitted)
     metadata: dict[str, Any]
     checksum: str  # sha256 over the metadata file, which holds every file's sha256
 
@@ -199,6 +200,9 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
         decision = Decision(**meta.get("decision", {}))
     except (TypeError, ValueError) as e:
         raise ModelPackageError(f"{where}: decision settings malformed ({e})") from None
+    tta = (meta.get("inference") or {}).get("tta", False)  # packages from before 1.2 of the results: none
+    if not isinstance(tta, bool):
+        raise ModelPackageError(f"{where}: inference.tta must be true or false, got {tta!r}")
     return ModelPackage(
         root=root,
         name=str(meta["name"]),
@@ -211,6 +215,7 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
         stacker_files=dict(stacker.get("files", {})),
         calibrations=calibrations,
         decision=decision,
+        tta=tta,
         metadata=meta,
         checksum=sha256_file(meta_path),
     )

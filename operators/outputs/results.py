@@ -15,7 +15,7 @@ from typing import Any, Iterable, Protocol
 from ..outcome import InputOutcome, Status
 from .output_files import write_atomically
 
-SCHEMA_VERSION = "1.1"  # 1.1: model.top_fraction
+SCHEMA_VERSION = "1.2"  # 1.1: model.top_fraction; 1.2: model.tta
 #: Keys every instance carries, whatever its status: routing engines rely on them.
 INSTANCE_KEYS = (
     "source", "frame", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "status", "reason",
