@@ -1,7 +1,7 @@
 """Decision rules on a training run's own split: which way of turning probabilities into labels
 holds up on sources held out as a whole.
 
-    python benchmarks/decision_rules.py runs/default [--tta] [--out rules.json]
+    python benchmarks/decision_rules.py runs/default [--tta 0|1] [--out rules.json]
 
 Reads ``RUN/split.csv`` and ``RUN/package``, computes the members' mean probability for every
 validation and test image through the package's preprocessing, tunes what needs tuning on
@@ -64,7 +64,8 @@ def rules(val_p: np.ndarray, val_y: np.ndarray, classes: list[str], val_mask: np
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a `bodypart train` output folder")
-    ap.add_argument("--tta", action="store_true", help="average each member over flips")
+    ap.add_argument("--tta", type=int, choices=(0, 1), help="1: average each member over flips, 0: not "
+                    "(default: as the package was fitted, inference.tta)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     cat = Catalogue.default()
@@ -74,7 +75,7 @@ def main() -> int:
     partial = json.loads((args.run / "config.json").read_text()).get("partial_label_sources") or []
     package = load_package(args.run / "package")
     known = np.asarray(package.known_mask, bool)
-    ens = Ensemble(package, device="cpu", tta=args.tta)
+    ens = Ensemble(package, device="cpu", tta=None if args.tta is None else bool(args.tta))
     rows = list(csv.DictReader(open(args.run / "split.csv")))
     parts = {k: [r for r in rows if r["split"] == k] for k in ("val", "test")}
     y = {k: np.array([[c in r["labels"].split("|") for c in classes] for r in v]) for k, v in parts.items()}
@@ -82,9 +83,9 @@ def main() -> int:
              for k, v in parts.items()}
     p = {k: np.where(known, mean_probabilities(ens, v), 0.0) for k, v in parts.items()}
     held = np.array([r["source"] in held_sources for r in parts["test"]])
-    result = {"run": str(args.run), "tta": args.tta, "partial_label_sources": partial, "date": time.strftime("%Y-%m-%d"), "held_out_sources": sorted(held_sources),
+    result = {"run": str(args.run), "tta": ens.tta, "partial_label_sources": partial, "date": time.strftime("%Y-%m-%d"), "held_out_sources": sorted(held_sources),
               "test_images": {"held_out": int(held.sum()), "random_split": int((~held).sum())}, "rules": {}}
-    print(f"{args.run}: {held.sum()} held-out and {(~held).sum()} random-split test images; tta={args.tta}")
+    print(f"{args.run}: {held.sum()} held-out and {(~held).sum()} random-split test images; tta={ens.tta}")
     print("| rule | held-out macro F1 | held-out exact match | random-split macro F1 | random-split exact match |")
     print("|---|---|---|---|---|")
     for name, rule in rules(p["val"], y["val"], classes, masks["val"]).items():

@@ -68,6 +68,7 @@ def main() -> int:
     started = time.perf_counter()
     out = {"package": f"{package.metadata.get('name')} {package.metadata.get('version')}", "images": len(samples), "partial_label_sources": args.partial_source,
            "stacker": args.stacker or package.stacker_kind,
+           "package_tta": package.tta,  # which of the two rows is the package's own way
            "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"), "results": {}}
     for tta in (False, True):
         ens = Ensemble(package, device="cpu", tta=tta, stacker=args.stacker)

@@ -15,6 +15,7 @@ from operators.input.preprocessing import Preprocessing
 from operators.model.model_package import (
     FORMAT,
     FORMAT_VERSION,
+    FORMAT_VERSION_TTA,
     METADATA,
     Decision,
     Member,
@@ -88,7 +89,7 @@ def write_package(
 
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION_TTA if tta else FORMAT_VERSION,
         "name": name,
         "version": version,
         "monai_version": monai.__version__,

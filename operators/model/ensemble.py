@@ -60,7 +60,7 @@ class Ensemble:
         # package's stackers and thresholds were fitted
         self.tta = package.tta if tta is None else tta
         self.device = pick_device(str(device) if device else None)
-        self.precision = precision or package.metadata.get("inference", {}).get("precision", DEFAULT_PRECISION)
+        self.precision = precision or (package.metadata.get("inference") or {}).get("precision", DEFAULT_PRECISION)
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r} ({', '.join(PRECISIONS)})")
         self.stacker_kind = stacker or package.stacker_kind

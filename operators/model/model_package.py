@@ -4,7 +4,8 @@
 
     MODELS/
       configs/metadata.json    name, version, classes, trained classes, preprocessing, members,
-                               stackers, thresholds, data sources and licences, metrics, checksums
+                               stackers, thresholds, decision rule, inference (tta, precision),
+                               data sources and licences, metrics, checksums
       models/<member>.pt       member weights (state dicts for the network factory)
       stackers/<kind>.json     logistic-regression coefficients / XGBoost models, as JSON
       docs/model_card.md       what it knows, what it does not, how well, from which data
@@ -30,6 +31,10 @@ from .stacking import MeanStacker, stacker_from_json
 
 FORMAT = "bodypart-model-package"
 FORMAT_VERSION = 1
+#: Format 2 adds ``inference.tta``, which a reader must honour: a package that needs the flips is
+#: written as 2, so that an app from before refuses it instead of classifying it without them.
+FORMAT_VERSION_TTA = 2
+READABLE_FORMAT_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_TTA)
 METADATA = Path("configs/metadata.json")
 
 
@@ -162,8 +167,9 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
         raise ModelPackageError(f"{where}: {METADATA} is not valid JSON ({e})") from None
     if meta.get("format") != FORMAT:
         raise ModelPackageError(f"{where}: not a {FORMAT} (format={meta.get('format')!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ModelPackageError(f"{where}: format version {meta.get('format_version')} but this app reads {FORMAT_VERSION}")
+    if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        raise ModelPackageError(f"{where}: format version {meta.get('format_version')} but this app reads "
+                                f"{' and '.join(map(str, READABLE_FORMAT_VERSIONS))}")
     try:
         classes = tuple(meta["classes"])
         trained = tuple(meta["trained_classes"])
@@ -200,7 +206,10 @@ def load_package(root: Path, catalogue: Catalogue | None = None) -> ModelPackage
         decision = Decision(**meta.get("decision", {}))
     except (TypeError, ValueError) as e:
         raise ModelPackageError(f"{where}: decision settings malformed ({e})") from None
-    tta = (meta.get("inference") or {}).get("tta", False)  # packages from before 1.2 of the results: none
+    inference = meta.get("inference") or {}
+    if not isinstance(inference, dict):
+        raise ModelPackageError(f"{where}: inference settings malformed (not a mapping: {inference!r})")
+    tta = inference.get("tta", False)  # packages written before inference.tta: no flips
     if not isinstance(tta, bool):
         raise ModelPackageError(f"{where}: inference.tta must be true or false, got {tta!r}")
     return ModelPackage(
