@@ -133,8 +133,7 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
 
     ray = scan_ray.start_ray(address, cpus)
     try:
-        gpus = 0 if device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
-        info = model_info(package, device=device or ("cuda" if gpus else "cpu")).to_json()
+        info = model_info(package, device=device or ("cuda" if scan_ray.cluster_gpus(ray, device) else "cpu")).to_json()
         table = ScanTable(output, {"archive": str(archive), "engine": "ray", "ray_address": address,
                                    "ray_nodes": len(ray.nodes()), "model": info})
         resources = ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU"))
@@ -149,7 +148,7 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
 
             try:
                 if todo:
-                    scan_ray.run(ray, listing, todo, table, package_path, archive, package.preprocessing, decode,
+                    scan_ray.run(ray, listing, table, package_path, archive, package.preprocessing, decode,
                                  batch_size, device, actors, on_rows)
             except KeyboardInterrupt:
                 interrupted = "interrupted (Ctrl-C)"

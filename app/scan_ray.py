@@ -144,13 +144,18 @@ def _known(v) -> int | None:
     return int(v) if v >= 0 else None  # -1: the file could not be stat'ed
 
 
-def run(ray, listing, todo: int, table: ScanTable, package_path: Path, root: Path, preprocessing: Preprocessing,
+def cluster_gpus(ray, device: str | None) -> int:
+    """The GPUs the scan's actors may use: none where ``device`` is cpu, else the cluster's."""
+    return 0 if device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
+
+
+def run(ray, listing, table: ScanTable, package_path: Path, root: Path, preprocessing: Preprocessing,
         decode: DecodeOptions, batch_size: int, device: str | None, actors: int | None,
         on_rows: Callable[[list[dict]], None], read: Callable[..., dict] = read_files_task) -> int:
     """Scan the files of the ``listing`` folder into ``table``; the number of files whose blocks were
     lost twice (recorded as failed). ``read``: the read task (:func:`read_files_task`, or one that
     wraps it)."""
-    gpus = 0 if device == "cpu" else int(ray.cluster_resources().get("GPU", 0))
+    gpus = cluster_gpus(ray, device)
     actors = actors or max(1, gpus)
     # an actor sees only the GPU Ray gave it, as cuda:0
     actor_device = "cuda" if gpus and (device or "cuda").startswith("cuda") else (device or "cpu")

@@ -61,17 +61,19 @@ def test_the_ray_engine_gives_the_local_engines_rows(archive, corpus, tmp_path):
 
 
 @pytest.fixture
-def larger_archive(archive):  # noqa: F811
-    """The archive twice over and a broken link (19 inputs): Ray's rows come in bursts of a read
-    task's 4 files."""
+def larger_archive(archive, corpus):  # noqa: F811
+    """The archive twice over, a name that is not UTF-8 and a broken link (20 inputs): Ray's rows
+    come in bursts of a read task's 4 files."""
     shutil.copytree(archive, archive / "copy", ignore=shutil.ignore_patterns("copy*"))
+    shutil.copyfile(corpus / FILES[0], os.fsencode(archive) + b"/caf\xe9.dcm")
     (archive / "broken.dcm").symlink_to(archive / "nowhere.dcm")
     return archive
 
 
 def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tmp_path):
-    """And a scan with nothing left does nothing: the broken link is recorded once, not again."""
-    archive, inputs = larger_archive, 2 * (len(FILES) + 1) + 1
+    """And a scan with nothing left does nothing: the broken link and the name that is not UTF-8
+    are recorded once, not again."""
+    archive, inputs = larger_archive, 2 * (len(FILES) + 1) + 2
     out = tmp_path / "out"
     # parts of two rows, so that a kill lands between parts; the whole group is killed (Ray's servers too)
     proc = subprocess.Popen([sys.executable, "-c", "import operators.outputs.scan_table as t, sys; t.ROWS_PER_PART = 2; "
@@ -94,7 +96,8 @@ def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tm
     assert {r["source"]: r["record"] for r in rows if r["source"] in {f["source"] for f in first}} == {
         f["source"]: f["record"] for f in first}
     assert sum(json.loads((out / "scan.json").read_text())["this_scan"].values()) == inputs - len(first)
-    assert {r["source"]: r["status"] for r in rows}["broken.dcm"] == "failed"
+    status = {r["source"]: r["status"] for r in rows}
+    assert status["broken.dcm"] == "failed" and status["caf\\xe9.dcm"] == "classified"
     again = _scan_ray(archive, out)  # nothing left
     assert again.returncode == 0 and read_table(out).num_rows == inputs
     assert json.loads((out / "scan.json").read_text())["this_scan"] == {}
@@ -129,7 +132,7 @@ def test_a_file_that_kills_its_ray_worker_fails_alone(corpus, tmp_path):
     assert todo == len(names)
     rt = scan_ray.start_ray(None, 2)
     try:
-        failed = scan_ray.run(rt, listing, todo, table, DEFAULT_MODEL, folder, package.preprocessing, DecodeOptions(),
+        failed = scan_ray.run(rt, listing, table, DEFAULT_MODEL, folder, package.preprocessing, DecodeOptions(),
                               batch_size=4, device="cpu", actors=1, on_rows=lambda rows: None, read=crash_on_marked_files)
     finally:
         rt.shutdown()
