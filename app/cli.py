@@ -81,10 +81,14 @@ def _settings(overrides: dict[str, str] | None):
     if config is not None and not config.is_file():
         raise SettingsError(f"config file {config} (HOLOSCAN_CONFIG_PATH) does not exist")
     try:
-        section = (yaml.safe_load(config.read_text()) or {}).get(SECTION) if config else {}
+        doc = yaml.safe_load(config.read_text()) if config else None
     except yaml.YAMLError as e:
         raise SettingsError(f"config file {config} is not valid YAML: {e}") from None
-    return Settings.load(section, env, config_name=str(config) if config else "app.yaml")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError(f"config file {config} cannot be read: {e}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise SettingsError(f"config file {config}: not a mapping of sections")
+    return Settings.load((doc or {}).get(SECTION), env, config_name=str(config) if config else "app.yaml")
 
 
 def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dict[str, str] | None = None) -> int:
@@ -97,7 +101,10 @@ def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dic
     inputs, output = Path(inputs).resolve(), Path(output).resolve()  # the app runs in the checkout's folder
     models = Path(models).resolve() if models else None
     cmd = [sys.executable, "-m", "app", "-i", str(inputs), "-o", str(output)] + (["-m", str(models)] if models else [])
-    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env={**os.environ, **(settings or {})})
+    env = {**os.environ, **(settings or {})}
+    if env.get("HOLOSCAN_CONFIG_PATH"):  # the file checked here, not one beside the checkout
+        env["HOLOSCAN_CONFIG_PATH"] = str(Path(env["HOLOSCAN_CONFIG_PATH"]).resolve())
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env)
     results = output / "results.json"
     if proc.returncode != 0 or not results.is_file():
         log.error("the app failed (exit %d); see the log above", proc.returncode)
@@ -107,7 +114,12 @@ def _run_app(inputs: Path, output: Path, models: Path | None, log, settings: dic
 
     print(results_table(doc))
     sheet = results_sheet(doc, inputs, output / "results.png")
-    sr_dir, corrected_dir = _settings(settings).folders(output)  # as the app, which checked them, read them
+    from app.settings import Settings, SettingsError
+
+    try:
+        sr_dir, corrected_dir = _settings(settings).folders(output)  # as the app, which checked them, read them
+    except SettingsError:  # the config changed during the run: the defaults' folders
+        sr_dir, corrected_dir = Settings().folders(output)
     print(f"\nresults: {results}\nstructured reports: {sr_dir}\ncorrected copies: {corrected_dir}" +
           (f"\npicture: {sheet}" if sheet else ""))
     return 0

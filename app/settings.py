@@ -113,6 +113,8 @@ class Settings:
             An unknown config key, or a value that does not fit, naming its source.
         """
         env = os.environ if env is None else env
+        if config is not None and not isinstance(config, Mapping):
+            raise SettingsError(f"{config_name}: {SECTION}: must be a mapping of settings, got {config!r}")
         config = dict(config or {})
         unknown = sorted(set(config) - set(BY_KEY))
         if unknown:

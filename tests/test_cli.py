@@ -65,8 +65,11 @@ def test_run_reads_the_config_file_and_its_flags_override_it(corpus, tiny_packag
     inputs.mkdir()
     (inputs / "leg.dcm").symlink_to(corpus / "wg04_RG3_J2KI.dcm")
     common = ["run", "-i", str(inputs), "-m", str(tiny_package), "--follow-links", "1"]
+    monkeypatch.chdir(tmp_path)  # a relative config path means the file here, not beside the checkout
+    monkeypatch.setenv("HOLOSCAN_CONFIG_PATH", config.name)
     assert main(common + ["-o", str(tmp_path / "config")]) == 0
     assert read_results(tmp_path / "config")["summary"]["classified"] == 1 and not (tmp_path / "config/sr").exists()
+    monkeypatch.setenv("HOLOSCAN_CONFIG_PATH", str(config))
     assert main(common + ["-o", str(tmp_path / "flag"), "--dicom-outputs", "1"]) == 0
     assert len(list((tmp_path / "flag/sr").glob("*.dcm"))) == 2
     caplog.clear()
@@ -78,5 +81,8 @@ def test_run_reads_the_config_file_and_its_flags_override_it(corpus, tiny_packag
     config.write_text("bodypart: [\n")
     assert main(common + ["-o", str(tmp_path / "bad3")]) == 2
     assert f"config file {config} is not valid YAML" in caplog.text
+    config.write_text("- bodypart\n")
+    assert main(common + ["-o", str(tmp_path / "bad4")]) == 2
+    assert f"config file {config}: not a mapping of sections" in caplog.text
     # checked before the app starts (or a study is pulled): nothing written
-    assert not any((tmp_path / name).exists() for name in ("bad", "bad2", "bad3"))
+    assert not any((tmp_path / name).exists() for name in ("bad", "bad2", "bad3", "bad4"))

@@ -86,6 +86,8 @@ def test_the_config_file_sets_values_and_the_environment_overrides_them():
     ({"follow_links": "yes"}, "app.yaml bodypart.follow_links: 'yes': use 1 (on) or 0 (off)"),
     ({"scheduler": "multi"}, "app.yaml bodypart.scheduler: 'multi': use event or greedy"),
     ({"batchsize": 4}, "app.yaml: unknown setting bodypart.batchsize (known: device, stacker, batch_size"),
+    (["batch_size"], "app.yaml: bodypart: must be a mapping of settings, got ['batch_size']"),
+    ("ab", "app.yaml: bodypart: must be a mapping of settings, got 'ab'"),
 ])
 def test_a_wrong_config_value_names_the_key(config, message):
     with pytest.raises(SettingsError) as e:
