@@ -172,10 +172,12 @@ def test_freeze_stages_stops_gradients_of_the_stem_and_early_stages():
 
 def test_a_run_with_held_out_sources_reports_them_apart(train_dir, corpus, tmp_path):
     """A tiny real run with a validation source, a test source and test-only data (the corpus):
-    nothing of them is trained on, and the report and card give held-out and random-split figures."""
+    nothing of them is trained on, and the report and card give held-out and random-split figures.
+    With test-time augmentation, which the package then asks of the app."""
     import csv
     import json
 
+    from operators.model.model_package import load_package
     from tests.conftest import write_subset_csv
     from training.pipeline import run_training
 
@@ -184,7 +186,8 @@ def test_a_run_with_held_out_sources_reports_them_apart(train_dir, corpus, tmp_p
                          batch_size=16, max_steps_per_epoch=1, offline_augment=False, stackers=("logistic",),
                          augment={"p_extent": 0.5, "p_jpeg": 0.5, "p_annotations": 0.5},
                          partial_label_sources=["dennis-1240-cdm/diagnosis_of_bones_fractures"],
-                         val_sources=["icgncl/Dissima"], test_sources=["dlab-berkeley/R-Deep-Learning"], min_class_images=3)
+                         val_sources=["icgncl/Dissima"], test_sources=["dlab-berkeley/R-Deep-Learning"], min_class_images=3,
+                         tta=True)
     run_training(config, [data], tmp_path / "run", test_data=[corpus])
     rows = list(csv.DictReader(open(tmp_path / "run/split.csv")))
     part = {r["source"]: {x["split"] for x in rows if x["source"] == r["source"]} for r in rows}
@@ -192,11 +195,18 @@ def test_a_run_with_held_out_sources_reports_them_apart(train_dir, corpus, tmp_p
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     held = metrics["decision_by_part"]["held_out_sources"]
     assert held["n"] == 35 + sum(r["source"] == "dlab-berkeley/R-Deep-Learning" for r in rows)
+    # each radiograph once: the corpus's NEMA films come in 4, 7 and 8 encodings
+    pictures = {r["picture"] for r in rows if r["source"] in ("test:dicom", "dlab-berkeley/R-Deep-Learning")}
+    assert metrics["decision_by_part"]["held_out_pictures"]["n"] == len(pictures) <= held["n"] - 16
     assert "test:dicom" in metrics["decision_by_source"] and metrics["untrained_classes"]["Thigh"] == 0
     card = (tmp_path / "run/package/docs/model_card.md").read_text()
-    assert "held-out sources" in card and "test:dicom" in card
+    assert "held-out sources" in card and "test:dicom" in card and "| held_out_pictures |" in card
+    assert "how many films the held-out figures rest on" in (tmp_path / "run/report.md").read_text()
     assert "shows its neighbours: dennis-1240-cdm/diagnosis_of_bones_fractures;" in card
-    assert "test:dicom" not in {d["source"] for d in json.loads((tmp_path / "run/package/configs/metadata.json").read_text())["training_data"]}
+    meta = json.loads((tmp_path / "run/package/configs/metadata.json").read_text())
+    assert "test:dicom" not in {d["source"] for d in meta["training_data"]}
+    # fitted on flip-averaged members: the app averages them too, and an app from before refuses it
+    assert meta["inference"] == {"tta": True} and meta["format_version"] == 2 and load_package(tmp_path / "run/package").tta
 
 
 def test_a_copy_of_a_held_out_film_is_held_out_with_it():

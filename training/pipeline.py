@@ -177,7 +177,7 @@ def run_training(
         log.info("%d images are copies of others (same picture, other encoding): kept in the same split", n_dup)
     split = stratified_split(y, config.split, config.seed, [s.source for s in samples], test_sources, groups,
                              val_holdout=config.val_sources)
-    _save_split(output / "split.csv", samples, split)
+    _save_split(output / "split.csv", samples, split, groups)
     (output / "config.json").write_text(json.dumps(config.to_json(), indent=2))
     tr, va, te = (np.asarray(v, int) for v in (split.train, split.val, split.test))
     if len(tr) == 0 or len(va) == 0:
@@ -241,7 +241,13 @@ def run_training(
     counts = {c: int(y[:n_labelled, k].sum()) for k, c in enumerate(catalogue.names)}
     test_sources_of = np.array([samples[i].source for i in te])
     held = np.isin(test_sources_of, list(held_out))
-    by_part = {"random_split": metrics(th_pred, ~held), "held_out_sources": metrics(th_pred, held)}
+    # the same radiograph in several encodings (the corpus's NEMA sets) counts once here: how many
+    # pictures the held-out figure rests on
+    held_rows = np.flatnonzero(held)
+    first_copy = np.zeros(len(te), bool)
+    first_copy[held_rows[np.unique(groups[te][held_rows], return_index=True)[1]]] = True
+    by_part = {"random_split": metrics(th_pred, ~held), "held_out_sources": metrics(th_pred, held),
+               "held_out_pictures": metrics(th_pred, first_copy)}
     by_source = {src: metrics(th_pred, test_sources_of == src) for src in sorted(set(test_sources_of))}
     summary = {
         "data": [str(d) for d in data],
@@ -273,7 +279,7 @@ def run_training(
         output / "package", name=config.name, version=config.version, classes=catalogue.names, trained_classes=trained,
         preprocessing=pre, members=members,
         stackers={k: v.to_json() for k, v in stackers.items() if k != "mean"}, default_stacker=default,
-        calibrations=calibrations, decision=decision,
+        calibrations=calibrations, decision=decision, tta=config.tta,
         extra={
             "class_counts": counts,
             "training_data": [{"source": s, "license": l} for s, l in sources],
@@ -306,13 +312,15 @@ def _headline(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m[k] for k in ("n", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "macro_sensitivity", "macro_specificity")}
 
 
-def _save_split(path: Path, samples: Sequence[Sample], split: Split) -> None:
+def _save_split(path: Path, samples: Sequence[Sample], split: Split, groups: np.ndarray) -> None:
+    """One row per image: its labels, source, split and picture (the row number of the first copy
+    of the same radiograph, from :func:`duplicate_groups`)."""
     part = {i: "train" for i in split.train} | {i: "val" for i in split.val} | {i: "test" for i in split.test}
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "labels", "source", "split"])
+        w.writerow(["path", "labels", "source", "split", "picture"])
         for i, s in enumerate(samples):
-            w.writerow([str(s.path), "|".join(s.labels), s.source, part[i]])
+            w.writerow([str(s.path), "|".join(s.labels), s.source, part[i], int(groups[i])])
 
 
 def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str, Any], sources, stacker: str) -> str:
@@ -325,7 +333,9 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
         "",
         "Multilabel body-part classifier for plain radiographs (CR/DX), 25 catalogue classes.",
         "Members: " + ", ".join(f"{m.key} ({m.arch}, init: {m.pretrained or 'random'})" for m in config.members) + "; "
-        f"stacker: {stacker}; input {config.image_size} px.",
+        f"stacker: {stacker}; input {config.image_size} px"
+        + ("; test-time augmentation: each member averages the image and its two flips (three times the work)."
+           if config.tta else "."),
         "",
         "## Intended use",
         "Correcting Body Part Examined, routing exams to downstream AI, curating archives; every result",
@@ -355,6 +365,10 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
     ]
     for name, m in [*parts.items(), *summary["decision_by_source"].items()]:
         lines.append(f"| {name} | {m['n']} | {_f(m['macro_f1'])} | {_f(m['micro_f1'])} | {_f(m['exact_match'])} | {_f(m['hamming_loss'])} |")
+    if "held_out_pictures" in parts:
+        from .report import PICTURES_NOTE
+
+        lines += ["", PICTURES_NOTE]
     lines += ["", "Per class on the held-out sources (known classes with positives there):", "",
               "| class | positives | sensitivity | specificity | F1 |", "|---|---|---|---|---|"]
     for c, v in parts["held_out_sources"]["per_class"].items():

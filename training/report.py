@@ -147,6 +147,10 @@ def write_report(out: Path, summary: dict[str, Any], classes: Sequence[str], tes
     return path
 
 
+PICTURES_NOTE = ("held_out_pictures: the held-out test images with each radiograph once (copies of one picture in "
+                 "other encodings, `picture` in split.csv, counted once): how many films the held-out figures rest on.")
+
+
 def _parts_section(summary: dict[str, Any], stacker: str) -> list[str]:
     """Held-out sources against the random split, per source and per class (the package's decision)."""
     parts, by_source = summary.get("decision_by_part"), summary.get("decision_by_source")
@@ -158,6 +162,8 @@ def _parts_section(summary: dict[str, Any], stacker: str) -> list[str]:
              "| test part | images | macro F1 | micro F1 | exact match | macro sensitivity |", "|---|---|---|---|---|---|"]
     for name, m in [*parts.items(), *by_source.items()]:
         lines.append(f"| {name} | {m['n']} | " + " | ".join(_f(m[k]) for k in ("macro_f1", "micro_f1", "exact_match", "macro_sensitivity")) + " |")
+    if "held_out_pictures" in parts:
+        lines += ["", PICTURES_NOTE]
     lines += ["", "| class | random split: positives | F1 | held-out sources: positives | F1 |", "|---|---|---|---|---|"]
     rnd, held = parts["random_split"]["per_class"], parts["held_out_sources"]["per_class"]
     for c, v in rnd.items():
