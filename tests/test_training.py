@@ -221,8 +221,36 @@ def test_decision_is_chosen_out_of_fold_where_weak_seconds_are_noise():
     assert one.stacker == "logistic" and one.top_fraction is None and one.stacker_scores == {}
 
 
+def test_source_folds_do_not_reward_a_stacker_for_learning_the_validation_sources():
+    """Within each validation source a quirk of the member tells the part, but what it means flips
+    from source to source (and another output tells the source): XGBoost learns it and wins when
+    folds split pictures; scored on sources it was not fitted on, it loses to the mean."""
+    from training.selection import choose_decision, source_groups
+
+    rng = np.random.default_rng(2)
+    n, classes, known = 300, ["a", "b", "tell", "source"], np.array([True, True, False, False])
+    src = np.repeat([0, 1, 2], n // 3)
+    is_a = rng.random(n) < 0.5
+    y = np.zeros((n, 4))
+    y[is_a, 0], y[~is_a, 1] = 1, 1
+    probs = np.empty((n, 1, 4))
+    probs[:, 0, 0] = np.clip(np.where(is_a, 0.6, 0.4) + rng.normal(0, 0.2, n), 0.01, 0.99)  # weak but general
+    probs[:, 0, 1] = 1 - probs[:, 0, 0]
+    meaning = np.array([1, -1, 1])[src]  # the quirk says "a" in sources 0 and 2, "b" in source 1
+    probs[:, 0, 2] = np.clip(0.5 + 0.4 * meaning * np.where(is_a, 1, -1) + rng.normal(0, 0.05, n), 0.01, 0.99)
+    probs[:, 0, 3] = np.array([0.1, 0.5, 0.9])[src] + rng.normal(0, 0.01, n)
+    args = dict(seed=0, calibrate_temperature=False, tune=True, stackers=["mean", "xgboost"], fractions=(None,))
+    by_picture = choose_decision(probs, y, None, known, classes, groups=np.arange(n), **args)
+    sources = source_groups([f"s{k}" for k in src], np.arange(n))
+    by_source = choose_decision(probs, y, None, known, classes, groups=sources, groups_are="sources", **args)
+    assert by_picture.stacker == "xgboost" and by_source.stacker == "mean", (by_picture, by_source)
+    assert by_source.to_json()["folds"] == "sources" and by_picture.folds == "pictures"
+    # a copy takes the source of its picture's first copy, so copies never straddle two folds
+    assert list(source_groups(["x", "y", "y"], np.array([0, 1, 0]))) == [0, 1, 0]
+
+
 @pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": "sometimes"}, {"top_fraction": True}, {"default_stacker": "best"},
-                                 {"selection_metric": "accuracy"}, {"pos_weight_power": 2}])
+                                 {"selection_metric": "accuracy"}, {"pos_weight_power": 2}, {"choice_folds": "random"}])
 def test_decision_and_selection_settings_are_checked(bad):
     with pytest.raises(ValueError):
         TrainConfig(**bad)

@@ -73,6 +73,9 @@ class TrainConfig:
     # above threshold and at least this fraction of the top (operators/model/decision.py); "auto":
     # chosen on validation
     top_fraction: float | str | None = None
+    # how the out-of-fold choice splits validation: "pictures" (copies of one radiograph together)
+    # or "sources" (whole sources per fold, as the package will meet new hospitals)
+    choice_folds: str = "pictures"
     calibrate: bool = False  # per-class temperature on the default stacker's validation outputs
     review_margin: float = 0.1
     tta: bool = False
@@ -108,6 +111,8 @@ class TrainConfig:
                 raise ValueError(f"unknown stacker {s!r}")
         if self.default_stacker not in ("mean", "logistic", "xgboost", "auto"):
             raise ValueError(f"unknown default_stacker {self.default_stacker!r} (mean, logistic, xgboost or auto)")
+        if self.choice_folds not in ("pictures", "sources"):
+            raise ValueError(f"choice_folds must be pictures or sources, got {self.choice_folds!r}")
         if self.top_fraction != "auto":
             from operators.model.decision import Decision
 

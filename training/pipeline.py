@@ -23,7 +23,7 @@ from .export import write_package
 from .data import Sample, load_grey, load_samples, targets
 from .members import offline_augment, predict, train_member
 from .metrics import multilabel_metrics
-from .selection import TOP_FRACTIONS, calibrate, calibrated, choose_decision, fit_stackers
+from .selection import TOP_FRACTIONS, calibrate, calibrated, choose_decision, fit_stackers, source_groups
 
 log = logging.getLogger("bodypart.training")
 
@@ -215,8 +215,9 @@ def run_training(
         val_m, val_y, val_mask, trained_mask, classes, config.seed, config.calibrate, config.tune_thresholds,
         stackers=(["mean", *[k for k in ("logistic", "xgboost") if k in stackers]] if config.default_stacker == "auto"
                   else [config.default_stacker if config.default_stacker in stackers else "mean"]),
-        fractions=TOP_FRACTIONS if config.top_fraction == "auto" else (config.top_fraction,), groups=groups[va],
-        min_positives=config.stacker_min_positives)
+        fractions=TOP_FRACTIONS if config.top_fraction == "auto" else (config.top_fraction,),
+        groups=(source_groups([s.source for s in samples], groups) if config.choice_folds == "sources" else groups)[va],
+        min_positives=config.stacker_min_positives, groups_are=config.choice_folds)
     default, top_fraction = choice.stacker, choice.top_fraction
     if choice.stacker_scores or choice.top_fraction_scores:
         log.info("chosen on validation (out of fold): stacker %s, top_fraction %s (%s)", default, top_fraction,

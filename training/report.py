@@ -101,7 +101,9 @@ def _choice_section(choice: dict[str, Any] | None) -> list[str]:
     """What validation chose for the package's decision, with the scores it chose by."""
     if not choice or not (choice["stacker_scores"] or choice["top_fraction_scores"]):
         return []
-    lines = ["", "## Decision chosen on validation", "", f"Score: {choice['score']}.", ""]
+    folds = {"sources": "whole sources per fold (scored on sources a stacker was not fitted on)",
+             "pictures": "copies of one picture in one fold"}.get(choice.get("folds", "pictures"))
+    lines = ["", "## Decision chosen on validation", "", f"Score: {choice['score']}; folds: {folds}.", ""]
     if choice["stacker_scores"]:
         lines.append(f"Stacker: **{choice['stacker']}** (out of fold: "
                      + ", ".join(f"{k} {v:.3f}" for k, v in choice["stacker_scores"].items()) + ").")

@@ -32,10 +32,11 @@ class DecisionChoice:
     top_fraction: float | None
     stacker_scores: dict[str, float]  # out-of-fold validation score of each stacker (when chosen)
     top_fraction_scores: dict[str, float]  # the chosen stacker's, out of fold, per rule (when chosen)
+    folds: str = "pictures"  # what a fold keeps together: copies of one picture, or whole sources
 
     def to_json(self) -> dict[str, Any]:
         return {"stacker": self.stacker, "top_fraction": self.top_fraction, "stacker_scores": self.stacker_scores,
-                "top_fraction_scores": self.top_fraction_scores,
+                "top_fraction_scores": self.top_fraction_scores, "folds": self.folds,
                 "score": "out-of-fold validation macro F1 + exact match over known classes (masked targets left out)"}
 
 
@@ -77,44 +78,62 @@ def decision_score(probs: np.ndarray, thresholds: np.ndarray, y: np.ndarray, mas
     return float((m["macro_f1"] or 0.0) + (m["exact_match"] or 0.0))
 
 
+def source_groups(sources: Sequence[str], pictures: np.ndarray) -> np.ndarray:
+    """Fold groups that hold whole sources and keep copies of one picture together: each image
+    takes the source of its picture's first copy (``pictures``: that copy's row, as from
+    :func:`training.pipeline.duplicate_groups`)."""
+    names = np.asarray(sources, dtype=object)[np.asarray(pictures)]
+    return np.unique(names, return_inverse=True)[1]
+
+
 def choose_decision(member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | None, known: np.ndarray,
                     classes: list[str], seed: int, calibrate_temperature: bool, tune: bool, stackers: Sequence[str],
                     fractions: Sequence[float | None], groups: np.ndarray | None = None, folds: int = 5,
-                    min_positives: int = MIN_POSITIVES) -> DecisionChoice:
+                    min_positives: int = MIN_POSITIVES, groups_are: str = "pictures") -> DecisionChoice:
     """The stacker (among ``stackers``) and the rule (among ``fractions``) with the best
-    out-of-fold :func:`decision_score` on validation: each fitted stacker is fitted on 4/5 of it
-    and predicts the rest (a stacker scored where it was fitted would always win). Thresholds are
-    then tuned on those out-of-fold outputs and the rules scored on them: in-sample for the
-    thresholds, alike for every candidate. Folds keep copies of one picture (``groups``)
-    together. Ties go to the mean, then to the simpler rule. With fewer than two groups of
-    validation images, nothing is fitted out of fold and the first stacker is taken as it is."""
+    out-of-fold :func:`decision_score` on validation: each fitted stacker is fitted on the other
+    folds and predicts the held-out one (a stacker scored where it was fitted would always win),
+    and each stacker's thresholds (and temperatures) are tuned on the other folds too, so that a
+    rule is scored with thresholds that never saw the images it labels. Folds keep each of
+    ``groups`` together (``groups_are``: "pictures", copies of one radiograph; "sources", whole
+    sources, so that stacker and thresholds are scored on sources they were not fitted on, as the
+    package will be used). Ties go to the mean, then to the simpler rule. With fewer than two
+    groups of validation images, nothing is fitted out of fold and the first stacker is taken as it
+    is (or, with the mean alone, the rules are scored with thresholds tuned on all of validation)."""
     if len(stackers) == 1 and len(fractions) == 1:
-        return DecisionChoice(stackers[0], fractions[0], {}, {})  # nothing to choose
+        return DecisionChoice(stackers[0], fractions[0], {}, {}, groups_are)  # nothing to choose
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     n_folds = min(folds, len(uniq))
     fitted_kinds = [k for k in stackers if k != "mean"]
+    if fitted_kinds and n_folds < 2:
+        return DecisionChoice(stackers[0], fractions[0], {}, {}, groups_are)
     oof = {k: np.zeros(y.shape) for k in stackers}
     if "mean" in oof:
         oof["mean"] = member_probs.mean(axis=1)
-    if fitted_kinds and n_folds >= 2:
+    fold_of = np.zeros(len(y), int)
+    if n_folds >= 2:
         fold_of_group = np.empty(len(uniq), int)
         fold_of_group[np.random.default_rng(seed).permutation(len(uniq))] = np.arange(len(uniq)) % n_folds
         fold_of = fold_of_group[inverse]
-        for f in range(n_folds):
-            fit_rows, out_rows = fold_of != f, fold_of == f
-            fitted = fit_stackers(fitted_kinds, member_probs[fit_rows], y[fit_rows], None if mask is None else mask[fit_rows], seed,
-                                  min_positives)
-            for k in fitted_kinds:
-                oof[k][out_rows] = fitted[k].predict(member_probs[out_rows])
-    elif fitted_kinds:
-        return DecisionChoice(stackers[0], fractions[0], {}, {})
+    for f in range(n_folds if fitted_kinds else 0):
+        fit_rows, out_rows = fold_of != f, fold_of == f
+        fitted = fit_stackers(fitted_kinds, member_probs[fit_rows], y[fit_rows], None if mask is None else mask[fit_rows], seed,
+                              min_positives)
+        for k in fitted_kinds:
+            oof[k][out_rows] = fitted[k].predict(member_probs[out_rows])
     stacker_scores, fraction_scores = {}, {}
     for k in stackers:
-        probs, th = calibrated(oof[k], calibrate(oof[k], y, mask, classes, calibrate_temperature, tune), classes)
+        probs, th = np.zeros(y.shape), np.zeros(y.shape)
+        for f in range(max(n_folds, 1)):
+            out_rows = fold_of == f
+            tune_rows = ~out_rows if n_folds >= 2 else out_rows
+            cal = calibrate(oof[k][tune_rows], y[tune_rows], None if mask is None else mask[tune_rows], classes,
+                            calibrate_temperature, tune)
+            probs[out_rows], th[out_rows] = calibrated(oof[k][out_rows], cal, classes)
         fraction_scores[k] = {str(f): decision_score(probs, th, y, mask, known, classes, f) for f in fractions}
         stacker_scores[k] = max(fraction_scores[k].values())
     best = max(stackers, key=lambda k: (round(stacker_scores[k], 9), k == "mean"))
     rule = max(fractions, key=lambda f: (round(fraction_scores[best][str(f)], 9), -list(fractions).index(f)))
     return DecisionChoice(best, rule, stacker_scores if len(stackers) > 1 else {},
-                          fraction_scores[best] if len(fractions) > 1 else {})
+                          fraction_scores[best] if len(fractions) > 1 else {}, groups_are)
