@@ -55,6 +55,21 @@ def test_top_fraction_keeps_the_top_class_and_drops_weak_seconds():
         [True, True, False, False], [False, False, False, False], [True, True, False, False]]
 
 
+def test_with_top_fraction_only_a_class_that_could_join_the_labels_is_uncertain():
+    """A threshold tuned down to 0.1 (the across-sources package's Shoulder) flagged every film whose
+    Shoulder probability was near 0; under the top-fraction rule such a class cannot become a label."""
+    th, known = np.array([0.4, 0.1, 0.9, 0.5]), np.array([True, True, True, False])
+    probs = np.array([0.95, 0.05, 0.1, 0.0])
+    assert decide(probs, th, known, Decision(0.1, 3, top_fraction=0.9), CLASSES) == (["A"], None)
+    assert decide(probs, th, known, Decision(0.1, 3), CLASSES) == (["A"], "uncertain: B within 0.1 of threshold")
+    # C near its threshold and near 0.9 of the top: a small change adds it, so it is uncertain
+    near = np.array([0.95, 0.05, 0.84, 0.0])
+    assert decide(near, th, known, Decision(0.1, 3, top_fraction=0.9), CLASSES) == (["A"], "uncertain: C within 0.1 of threshold")
+    # the top class itself barely above its threshold stays uncertain
+    assert decide(np.array([0.45, 0.05, 0.1, 0.0]), th, known, Decision(0.1, 3, top_fraction=0.9), CLASSES)[1] == \
+        "uncertain: A within 0.1 of threshold"
+
+
 @pytest.mark.parametrize("bad", [{"top_fraction": 0}, {"top_fraction": 1.5}, {"top_fraction": True}, {"top_fraction": "0.5"},
                                  {"max_labels": 0}, {"review_margin": -0.1}])
 def test_decision_settings_are_checked(bad):

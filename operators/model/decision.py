@@ -79,6 +79,10 @@ def decide(probs: np.ndarray, thresholds: np.ndarray, known: np.ndarray, decisio
         return labels, f"{len(labels)} classes above threshold (conflicting outputs)"
     margin = decision.review_margin
     near = known & (np.abs(probs - thresholds) < margin)
+    if decision.top_fraction is not None:
+        # a class that cannot join the top class (far below the fraction) cannot change the labels,
+        # however close to its threshold: a threshold tuned down to 0.1 must not flag every film
+        near &= probs >= decision.top_fraction * np.max(np.where(known, probs, -np.inf)) - margin
     if near.any():
         names = ", ".join(c for k, c in enumerate(classes) if near[k])
         return labels, f"uncertain: {names} within {margin} of threshold"
