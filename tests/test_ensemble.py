@@ -65,6 +65,9 @@ def test_with_top_fraction_only_a_class_that_could_join_the_labels_is_uncertain(
     # C near its threshold and near 0.9 of the top: a small change adds it, so it is uncertain
     near = np.array([0.95, 0.05, 0.84, 0.0])
     assert decide(near, th, known, Decision(0.1, 3, top_fraction=0.9), CLASSES) == (["A"], "uncertain: C within 0.1 of threshold")
+    # the top class below its own threshold is flagged even when another class passes its (low) one
+    assert decide(np.array([0.7, 0.12, 0.1, 0.0]), np.array([0.95, 0.1, 0.9, 0.5]), known, Decision(0.1, 3, top_fraction=0.9),
+                  CLASSES) == (["A"], "A is the most probable but below its threshold")
     # the top class itself barely above its threshold stays uncertain
     assert decide(np.array([0.45, 0.05, 0.1, 0.0]), th, known, Decision(0.1, 3, top_fraction=0.9), CLASSES)[1] == \
         "uncertain: A within 0.1 of threshold"

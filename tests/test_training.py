@@ -215,10 +215,14 @@ def test_decision_is_chosen_out_of_fold_where_weak_seconds_are_noise():
     flat = np.full((n, 1, 3), 0.3) + rng.normal(0, 1e-3, (n, 1, 3))
     fair = choose_decision(flat, noise, None, known, classes, stackers=["mean", "xgboost"], fractions=(None,), **args)
     assert fair.stacker == "mean" or fair.stacker_scores["xgboost"] - fair.stacker_scores["mean"] < 0.1
-    # copies of one picture stay in one fold; a single group cannot be split: no choice is made
+    # copies of one picture stay in one fold; a single group cannot be split: no stacker can be
+    # scored out of fold, so the mean is taken and only its rule is chosen (in-sample thresholds)
     one = choose_decision(probs[:4], y[:4], None, known, classes, stackers=["logistic", "mean"], fractions=(None, 0.5),
                           groups=np.zeros(4, int), **args)
-    assert one.stacker == "logistic" and one.top_fraction is None and one.stacker_scores == {}
+    assert one.stacker == "mean" and one.stacker_scores == {} and set(one.top_fraction_scores) == {"None", "0.5"}
+    alone = choose_decision(probs[:4], y[:4], None, known, classes, stackers=["logistic"], fractions=(None, 0.5),
+                            groups=np.zeros(4, int), **args)
+    assert alone.stacker == "logistic" and alone.top_fraction is None and alone.top_fraction_scores == {}
 
 
 def test_source_folds_do_not_reward_a_stacker_for_learning_the_validation_sources():

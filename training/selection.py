@@ -8,6 +8,7 @@ thresholds and scores (temperatures, when asked for, are fitted on every target)
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,6 +20,8 @@ from operators.model.stacking import (MIN_POSITIVES, LogisticStacker, MeanStacke
                                       fit_temperatures)
 
 from .metrics import multilabel_metrics, tune_thresholds
+
+log = logging.getLogger("bodypart.training")
 
 #: ``top_fraction: auto`` tries these (None: every class above its threshold, the study's rule).
 TOP_FRACTIONS: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7, 0.9)
@@ -98,13 +101,22 @@ def choose_decision(member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | 
     ``groups`` together (``groups_are``: "pictures", copies of one radiograph; "sources", whole
     sources, so that stacker and thresholds are scored on sources they were not fitted on, as the
     package will be used). Ties go to the mean, then to the simpler rule. With fewer than two
-    groups of validation images, nothing is fitted out of fold and the first stacker is taken as it
-    is (or, with the mean alone, the rules are scored with thresholds tuned on all of validation)."""
+    groups of validation images (one validation source, with source folds) no stacker can be fitted
+    out of fold: the mean is taken, its rule scored with thresholds tuned on all of validation (the
+    first stacker as it is, when the mean is not a candidate).
+
+    ``source_groups`` gives a copy its first copy's source, so a validation source's film with a
+    copy in another source sits in that source's fold."""
     if len(stackers) == 1 and len(fractions) == 1:
         return DecisionChoice(stackers[0], fractions[0], {}, {}, groups_are)  # nothing to choose
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     n_folds = min(folds, len(uniq))
+    if n_folds < 2 and len(stackers) > 1:
+        if "mean" not in stackers:
+            return DecisionChoice(stackers[0], fractions[0], {}, {}, groups_are)
+        log.warning("validation has one %s group: no stacker can be scored out of fold; the mean is taken", groups_are[:-1])
+        stackers = ["mean"]
     fitted_kinds = [k for k in stackers if k != "mean"]
     if fitted_kinds and n_folds < 2:
         return DecisionChoice(stackers[0], fractions[0], {}, {}, groups_are)

@@ -18,7 +18,9 @@ class Decision:
     Parameters
     ----------
     review_margin
-        A known class this close to its threshold makes the image ``needs_review``.
+        A known class this close to its threshold makes the image ``needs_review`` (with
+        ``top_fraction``: a class that could join the labels, at least that fraction of the top
+        probability less the margin).
     max_labels
         More labels than this is a conflict (real radiographs show one region or a few
         neighbouring ones).
@@ -75,6 +77,10 @@ def decide(probs: np.ndarray, thresholds: np.ndarray, known: np.ndarray, decisio
         if not labels:
             return labels, "no class above its threshold"
         return labels, f"no class above its threshold; {labels[0]} is the most probable"
+    if decision.top_fraction is not None:
+        top = int(np.argmax(np.where(known, probs, -np.inf)))
+        if not above[top]:  # labelled by the rule although another class passed its own threshold
+            return labels, f"{classes[top]} is the most probable but below its threshold"
     if len(labels) > decision.max_labels:
         return labels, f"{len(labels)} classes above threshold (conflicting outputs)"
     margin = decision.review_margin
