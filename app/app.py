@@ -35,7 +35,7 @@ from operators.model.model_package import ModelPackageError, load_package
 from operators.outputs.output_files import OutputFolderLock
 from operators.pipeline import BatchFeed, Pipeline
 
-from .settings import SECTION, Settings, SettingsError, config_path
+from .settings import SECTION, Settings, existing_config_path
 
 log = logging.getLogger("bodypart")
 
@@ -100,10 +100,8 @@ class BodyPartApp(Application):
     def _settings(self) -> Settings:
         """The ``bodypart:`` section of the app's YAML config (``HOLOSCAN_CONFIG_PATH`` in a MAP),
         read the Holoscan way, with ``BODYPART_*`` variables overriding it."""
-        path = config_path()
+        path = existing_config_path()
         if path is None:
             return Settings.load({})
-        if not path.is_file():
-            raise SettingsError(f"config file {path} (HOLOSCAN_CONFIG_PATH) does not exist")
         self.config(str(path))
         return Settings.load(self.kwargs(SECTION), config_name=str(path))

@@ -74,12 +74,10 @@ def _settings(overrides: dict[str, str] | None):
 
     import yaml
 
-    from app.settings import SECTION, Settings, SettingsError, config_path
+    from app.settings import SECTION, Settings, SettingsError, existing_config_path
 
     env = {**os.environ, **(overrides or {})}
-    config = config_path(env)
-    if config is not None and not config.is_file():
-        raise SettingsError(f"config file {config} (HOLOSCAN_CONFIG_PATH) does not exist")
+    config = existing_config_path(env)
     try:
         doc = yaml.safe_load(config.read_text()) if config else None
     except yaml.YAMLError as e:

@@ -178,6 +178,14 @@ def config_path(env: Mapping[str, str] | None = None) -> Path | None:
     return beside if beside.is_file() else None
 
 
+def existing_config_path(env: Mapping[str, str] | None = None) -> Path | None:
+    """:func:`config_path`, checked: a named config that is not a file is a :class:`SettingsError`."""
+    path = config_path(env)
+    if path is not None and not path.is_file():
+        raise SettingsError(f"config file {path} (HOLOSCAN_CONFIG_PATH) does not exist")
+    return path
+
+
 def _source(key: str, env: Mapping[str, str], config: Mapping[str, Any], config_name: str) -> str:
     option = BY_KEY[key]
     if env.get(option.env) not in (None, ""):

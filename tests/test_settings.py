@@ -9,7 +9,7 @@ import torch
 
 import yaml
 
-from app.settings import OPTIONS, Settings, SettingsError, config_path, markdown_table
+from app.settings import OPTIONS, Settings, SettingsError, config_path, existing_config_path, markdown_table
 from tests.conftest import ROOT
 from operators.input.batching import DecodeOptions, default_workers
 
@@ -71,6 +71,16 @@ def test_the_shipped_config_holds_every_setting_at_its_default():
     assert Settings.load(section, env={}) == Settings.from_env({})
     assert config_path({}) == ROOT / "app.yaml"
     assert config_path({"HOLOSCAN_CONFIG_PATH": "/var/holoscan/app.yaml"}) == Path("/var/holoscan/app.yaml")
+
+
+def test_a_named_config_that_is_not_a_file_is_one_clear_error(tmp_path):
+    """The app and ``bodypart run`` both check the config through ``existing_config_path``."""
+    missing = tmp_path / "site.yaml"
+    with pytest.raises(SettingsError, match=f"config file {missing} .HOLOSCAN_CONFIG_PATH. does not exist"):
+        existing_config_path({"HOLOSCAN_CONFIG_PATH": str(missing)})
+    missing.write_text("bodypart: {}\n")
+    assert existing_config_path({"HOLOSCAN_CONFIG_PATH": str(missing)}) == missing
+    assert existing_config_path({}) == ROOT / "app.yaml"
 
 
 def test_the_config_file_sets_values_and_the_environment_overrides_them():

@@ -112,13 +112,11 @@ def choose_decision(member_probs: np.ndarray, y: np.ndarray, mask: np.ndarray | 
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     n_folds = min(folds, len(uniq))
-    if n_folds < 2 and len(stackers) > 1:
-        if "mean" not in stackers:
-            return DecisionChoice(stackers[0], fractions[0], {}, {}, groups_are)
+    if n_folds < 2 and "mean" in stackers and len(stackers) > 1:
         log.warning("validation has one %s group: no stacker can be scored out of fold; the mean is taken", groups_are[:-1])
         stackers = ["mean"]
     fitted_kinds = [k for k in stackers if k != "mean"]
-    if fitted_kinds and n_folds < 2:
+    if fitted_kinds and n_folds < 2:  # nothing to score a fitted stacker on, and no mean to fall back to
         return DecisionChoice(stackers[0], fractions[0], {}, {}, groups_are)
     oof = {k: np.zeros(y.shape) for k in stackers}
     if "mean" in oof:

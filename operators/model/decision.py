@@ -77,8 +77,8 @@ def decide(probs: np.ndarray, thresholds: np.ndarray, known: np.ndarray, decisio
         if not labels:
             return labels, "no class above its threshold"
         return labels, f"no class above its threshold; {labels[0]} is the most probable"
+    top = int(np.argmax(np.where(known, probs, -np.inf)))  # the rule's top class (always known here)
     if decision.top_fraction is not None:
-        top = int(np.argmax(np.where(known, probs, -np.inf)))
         if not above[top]:  # labelled by the rule although another class passed its own threshold
             return labels, f"{classes[top]} is the most probable but below its threshold"
     if len(labels) > decision.max_labels:
@@ -88,7 +88,7 @@ def decide(probs: np.ndarray, thresholds: np.ndarray, known: np.ndarray, decisio
     if decision.top_fraction is not None:
         # a class that cannot join the top class (far below the fraction) cannot change the labels,
         # however close to its threshold: a threshold tuned down to 0.1 must not flag every film
-        near &= probs >= decision.top_fraction * np.max(np.where(known, probs, -np.inf)) - margin
+        near &= probs >= decision.top_fraction * probs[top] - margin
     if near.any():
         names = ", ".join(c for k, c in enumerate(classes) if near[k])
         return labels, f"uncertain: {names} within {margin} of threshold"
