@@ -55,7 +55,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("device", "device", None, "`cuda` when present", "`cuda`, `cuda:N` or `cpu`: where the networks (and GPU decoding) run"),
     Option("stacker", "choice", None, "package's", "`logistic`, `xgboost` or `mean`: one the package has thresholds for "
-           "(packages trained now have all three; the shipped default has `logistic` only)",
+           "(packages trained now have all three; the shipped default uses `mean`)",
            choices=("logistic", "xgboost", "mean")),
     Option("batch_size", "int", 16, "16", "images per network batch", minimum=1),
     Option("workers", "int", None, "usable cores (max 16)", "reader processes (never more than files); 0 reads in the "
