@@ -159,6 +159,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="time budget per member: stop before an epoch that would not end in it (best epoch kept)")
     p.add_argument("--tta", type=int, choices=(0, 1), help="override the config's test-time augmentation (1: the "
                    "members average each image and its flips, in validation, test and the package; 3x the work)")
+    p.add_argument("--init-from", type=Path, metavar="PACKAGE",
+                   help="start each member from the same member of this model package (fine-tuning it) instead of "
+                        "the config's initial weights")
     p.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run folder")
 
 
@@ -336,15 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train":
         from training.config import TrainConfig
         from training.data import DataError
+        from operators.model.model_package import ModelPackageError
         from training.pipeline import run_training
 
         try:
             config = TrainConfig.load(args.config, device=args.device, epochs=args.epochs, num_workers=args.workers,
                                       max_minutes_per_member=args.max_minutes_per_member,
                                       tta=None if args.tta is None else bool(args.tta))
+            if args.init_from:
+                config = config.initialised_from(args.init_from)
             package = run_training(config, args.data, args.output, layout=args.layout,
                                    holdout_sources=args.holdout_source, resume=not args.no_resume, test_data=args.test_data)
-        except (DataError, ValueError, FileNotFoundError) as e:
+        except (DataError, ValueError, FileNotFoundError, ModelPackageError) as e:
             log.error("%s", e)
             return 2
         print(f"package: {package}\nreport: {args.output / 'report.md'}")

@@ -9,9 +9,9 @@ import torch
 from operators.catalogue import Catalogue
 from training.augment import (AugmentConfig, RandAnnotations, RandExtent, RandJpeg, RandWindow, online_transform)
 from training.config import TrainConfig
-from training.data import Sample
+from training.data import DataError, Sample
 from training.members import class_balanced_pos_weight, freeze_stages, masked_bce, offline_augment
-from training.pipeline import known_classes, loss_masks, stratified_split
+from training.pipeline import imply_labels, known_classes, loss_masks, stratified_split
 
 
 def _film(size: int = 64) -> torch.Tensor:
@@ -104,6 +104,19 @@ def test_loss_masks_leave_out_neighbours_of_one_part_sources_only():
     assert zero(2) == {"Forearm", "Finger"}  # a neighbour the film's own labels name stays in
 
 
+def test_implied_labels_add_what_a_radiologist_names_on_that_source_only():
+    cat = Catalogue.default()
+    samples = [Sample("a", ("Pelvis",), "medpix"), Sample("b", ("Pelvis",), "other"),
+               Sample("c", ("Hip",), "medpix"), Sample("d", ("Pelvis", "Hip"), "medpix")]
+    out = imply_labels(samples, {"medpix": {"Pelvis": ["Hip"]}}, cat)
+    assert [s.labels for s in out] == [("Pelvis", "Hip"), ("Pelvis",), ("Hip",), ("Pelvis", "Hip")]
+    assert out[1] is samples[1] and samples[0].labels == ("Pelvis",)  # the given samples are not changed
+    with pytest.raises(DataError, match=r"not in the catalogue: \['Hips'\]"):
+        imply_labels(samples, {"medpix": {"Pelvis": ["Hips"]}}, cat)
+    with pytest.raises(ValueError, match="implied_labels must map"):
+        TrainConfig(implied_labels={"medpix": ["Hip"]})
+
+
 def test_masked_targets_give_no_loss_and_no_gradient():
     logits = torch.zeros(2, 3, requires_grad=True)
     y = torch.tensor([[1.0, 0, 0], [0, 1, 0]])
@@ -186,6 +199,7 @@ def test_a_run_with_held_out_sources_reports_them_apart(train_dir, corpus, tmp_p
                          batch_size=16, max_steps_per_epoch=1, offline_augment=False, stackers=("logistic",),
                          augment={"p_extent": 0.5, "p_jpeg": 0.5, "p_annotations": 0.5},
                          partial_label_sources=["dennis-1240-cdm/diagnosis_of_bones_fractures"],
+                         implied_labels={"thiliniprr/AquaNet_VQA": {"Pelvis": ["Hip"]}},
                          val_sources=["icgncl/Dissima"], test_sources=["dlab-berkeley/R-Deep-Learning"], min_class_images=3,
                          tta=True)
     run_training(config, [data], tmp_path / "run", test_data=[corpus])
@@ -203,6 +217,9 @@ def test_a_run_with_held_out_sources_reports_them_apart(train_dir, corpus, tmp_p
     assert "held-out sources" in card and "test:dicom" in card and "| held_out_pictures |" in card
     assert "how many films the held-out figures rest on" in (tmp_path / "run/report.md").read_text()
     assert "shows its neighbours: dennis-1240-cdm/diagnosis_of_bones_fractures;" in card
+    assert "thiliniprr/AquaNet_VQA: Pelvis films are also Hip." in card
+    pelvis = [r for r in rows if r["source"] == "thiliniprr/AquaNet_VQA" and "Pelvis" in r["labels"]]
+    assert pelvis and all(r["labels"] == "Pelvis|Hip" for r in pelvis)
     meta = json.loads((tmp_path / "run/package/configs/metadata.json").read_text())
     assert "test:dicom" not in {d["source"] for d in meta["training_data"]}
     # fitted on flip-averaged members: the app averages them too, and an app from before refuses it
@@ -220,12 +237,13 @@ def test_a_copy_of_a_held_out_film_is_held_out_with_it():
 
 def test_sources_named_wrong_or_twice_are_refused_before_any_image_is_read(train_dir, tmp_path):
     from tests.conftest import write_subset_csv
-    from training.data import DataError
     from training.pipeline import run_training
 
     data = write_subset_csv(train_dir, tmp_path / "data", per_class=1)
     with pytest.raises(DataError, match="dennis-1240-cdm/typo"):
         run_training(TrainConfig(partial_label_sources=["dennis-1240-cdm/typo"]), [data], tmp_path / "a")
+    with pytest.raises(DataError, match="thiliniprr/typo"):
+        run_training(TrainConfig(implied_labels={"thiliniprr/typo": {"Pelvis": ["Hip"]}}), [data], tmp_path / "c")
     with pytest.raises(DataError, match="both validation and test"):
         run_training(TrainConfig(val_sources=["Znarfran/CADMA"]), [data], tmp_path / "b", holdout_sources=["Znarfran/CADMA"])
 

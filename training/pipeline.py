@@ -93,6 +93,29 @@ def _split_indices(y: np.ndarray, fractions: Sequence[float], seed: int, groups:
                  sorted(np.concatenate([test, idx[held_test]]).astype(int).tolist()))
 
 
+def imply_labels(samples: Sequence[Sample], implied: dict[str, dict[str, list[str]]], catalogue: Catalogue) -> list[Sample]:
+    """``samples`` with the parts each ``implied`` rule adds: on films of source ``src`` labelled
+    ``label``, every part in ``implied[src][label]`` is a label too (what a radiologist would name
+    where a source gives one part of several).
+
+    Raises
+    ------
+    DataError
+        A rule names a class that is not in the catalogue.
+    """
+    from .data import DataError
+
+    unknown = sorted({c for rule in implied.values() for k, v in rule.items() for c in (k, *v)} - set(catalogue.names))
+    if unknown:
+        raise DataError(f"implied_labels names classes that are not in the catalogue: {unknown}")
+    out = []
+    for s in samples:
+        rule = implied.get(s.source, {})
+        extra = [c for label in s.labels for c in rule.get(label, ()) if c not in s.labels]
+        out.append(Sample(s.path, tuple(dict.fromkeys([*s.labels, *extra])), s.source, s.license) if extra else s)
+    return out
+
+
 def loss_masks(samples: Sequence[Sample], catalogue: Catalogue, partial_sources: Sequence[str]) -> np.ndarray:
     """(N, C) loss weights: 0 for the anatomical neighbours of the named parts on films of a source
     that names one part per film (``partial_sources``), 1 elsewhere. A neighbour that the film's own
@@ -162,7 +185,8 @@ def run_training(
     held_out = [*config.val_sources, *test_sources]
     from .data import DataError
 
-    named = set(config.val_sources) | set(config.test_sources) | set(holdout_sources) | set(config.partial_label_sources)
+    named = set(config.val_sources) | set(config.test_sources) | set(holdout_sources) | set(config.partial_label_sources) \
+        | set(config.implied_labels)
     missing = sorted(named - {s.source for s in samples})
     if missing:  # a misspelt name would silently hold out or mask nothing
         raise DataError(f"source(s) {missing} named in the config or command are not in the data; "
@@ -170,12 +194,14 @@ def run_training(
     if set(config.val_sources) & set(test_sources):
         raise DataError(f"source(s) {sorted(set(config.val_sources) & set(test_sources))} held out for both validation and test")
     pre = Preprocessing(size=config.image_size, mean=config.mean, std=config.std)
+    given_y = targets(samples, catalogue)  # the split follows the sources' own labels: a label policy moves no film
+    samples = imply_labels(samples, config.implied_labels, catalogue)
     y = targets(samples, catalogue)
     images = cache_images(samples, pre)
     groups = duplicate_groups(images)
     if (n_dup := len(samples) - len(np.unique(groups))):
         log.info("%d images are copies of others (same picture, other encoding): kept in the same split", n_dup)
-    split = stratified_split(y, config.split, config.seed, [s.source for s in samples], test_sources, groups,
+    split = stratified_split(given_y, config.split, config.seed, [s.source for s in samples], test_sources, groups,
                              val_holdout=config.val_sources)
     _save_split(output / "split.csv", samples, split, groups)
     (output / "config.json").write_text(json.dumps(config.to_json(), indent=2))
@@ -258,6 +284,7 @@ def run_training(
         "holdout_sources": list(test_sources),
         "val_sources": list(config.val_sources),
         "partial_label_sources": list(config.partial_label_sources),
+        "implied_labels": config.implied_labels,
         "class_counts": counts,
         "trained_classes": trained,
         "untrained_classes": untrained_counts,
@@ -333,7 +360,7 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
         f"# Model card: {config.name} {config.version}",
         "",
         "Multilabel body-part classifier for plain radiographs (CR/DX), 25 catalogue classes.",
-        "Members: " + ", ".join(f"{m.key} ({m.arch}, init: {m.pretrained or 'random'})" for m in config.members) + "; "
+        "Members: " + ", ".join(f"{m.key} ({m.arch}, init: {f'model package {m.package}' if m.package else m.pretrained or 'random'})" for m in config.members) + "; "
         f"stacker: {stacker}; input {config.image_size} px"
         + ("; test-time augmentation: each member averages the image and its two flips (three times the work)."
            if config.tta else "."),
@@ -355,6 +382,9 @@ def model_card(config: TrainConfig, summary: dict[str, Any], headline: dict[str,
         f"Sources that name one part per film although the film shows its neighbours: "
         f"{', '.join(summary['partial_label_sources']) or 'none'}; for their films the neighbouring parts "
         "(operators/data/neighbours.csv) are left out of the loss, neither positive nor negative.",
+        *([("Labels added where a source names one part of several: " + "; ".join(
+            f"{src}: {label} films are also {' + '.join(parts)}" for src, rule in summary["implied_labels"].items()
+            for label, parts in rule.items()) + ".")] if summary.get("implied_labels") else []),
         "Online augmentation: " + ", ".join(f"{k}={v}" for k, v in config.augment.to_json().items()) + ".",
         _decision_line(summary.get("decision_choice")),
         "",
