@@ -103,13 +103,13 @@ def scan(archive: Path, output: Path, models: Path | None = None, batch_size: in
         lock.release()
 
 
-def _list(table, archive: Path, output: Path, follow_links: bool, where: str = "") -> tuple[Path, int]:
+def _list(table, archive: Path, output: Path, follow_links: bool) -> tuple[Path, int]:
     """List what ``table``'s earlier scans left to read (``OUT/.listing``); (listing, how many)."""
     from operators.outputs.scan_table import write_listing
 
     done = table.done()  # held only while listing
     listing, todo = write_listing(archive, output, done, follow_links)
-    log.info("%s: %d inputs to read, %d done by an earlier scan%s", archive, todo, len(done), where)
+    log.info("%s: %d inputs to read, %d done by an earlier scan", archive, todo, len(done))
     return listing, todo
 
 
@@ -131,13 +131,23 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
     from operators.model.ensemble import model_info
     from operators.outputs.scan_table import ScanTable
 
-    ray = scan_ray.start_ray(address, cpus)
+    table = ScanTable(output, {"archive": str(archive), "engine": "ray", "ray_address": address, "ray_nodes": None})
+    listing, todo = _list(table, archive, output, decode.follow_links)  # before Ray: a finished archive needs none
+    if not todo:
+        log.info("nothing left to read: Ray not started")
+        table.run_info["model"] = model_info(package, device=device or "cpu").to_json()
+        table.close()
+        return _finish(output, listing)
+    try:
+        ray = scan_ray.start_ray(address, cpus)
+    except BaseException:
+        shutil.rmtree(listing, ignore_errors=True)
+        raise
     try:
         info = model_info(package, device=device or ("cuda" if scan_ray.cluster_gpus(ray, device) else "cpu")).to_json()
-        table = ScanTable(output, {"archive": str(archive), "engine": "ray", "ray_address": address,
-                                   "ray_nodes": len(ray.nodes()), "model": info})
+        table.run_info.update(ray_nodes=len(ray.nodes()), model=info)
         resources = ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU"))
-        listing, todo = _list(table, archive, output, decode.follow_links, f" (Ray: {resources})")
+        log.info("Ray: %s", resources)
         interrupted = None
         with tqdm(total=todo, unit="file", disable=not progress, smoothing=0.05) as bar:
             def on_rows(rows: list[dict]) -> None:
@@ -147,9 +157,8 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
                 bar.update(len({r["source"] for r in rows}))
 
             try:
-                if todo:
-                    scan_ray.run(ray, listing, table, package_path, archive, package.preprocessing, decode,
-                                 batch_size, device, actors, on_rows)
+                scan_ray.run(ray, listing, table, package_path, archive, package.preprocessing, decode,
+                             batch_size, device, actors, on_rows)
             except KeyboardInterrupt:
                 interrupted = "interrupted (Ctrl-C)"
                 raise

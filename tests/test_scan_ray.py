@@ -98,9 +98,11 @@ def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tm
     assert sum(json.loads((out / "scan.json").read_text())["this_scan"].values()) == inputs - len(first)
     status = {r["source"]: r["status"] for r in rows}
     assert status["broken.dcm"] == "failed" and status["caf\\xe9.dcm"] == "classified"
-    again = _scan_ray(archive, out)  # nothing left
+    again = _scan_ray(archive, out)  # nothing left: nothing for Ray to do, so no Ray is started
     assert again.returncode == 0 and read_table(out).num_rows == inputs
-    assert json.loads((out / "scan.json").read_text())["this_scan"] == {}
+    summary = json.loads((out / "scan.json").read_text())
+    assert summary["this_scan"] == {} and summary["complete"] and summary["ray_nodes"] is None
+    assert "nothing left to read: Ray not started" in again.stderr
 
 
 def crash_on_marked_files(batch: dict, **kwargs) -> dict:
@@ -150,3 +152,19 @@ def test_dicom_outputs_and_ray_options_are_refused_where_they_cannot_work(archiv
                            "--ray-address", "auto"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "need --engine ray" in proc.stderr
     assert not (tmp_path / "a" / "results").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_ray_that_cannot_start_ends_the_scan_before_any_file_is_read(archive, tmp_path, monkeypatch):  # noqa: F811
+    """The listing is made before Ray starts (a finished archive needs no Ray); when Ray then cannot
+    start, the error is the scan's and neither the listing nor a row is left behind."""
+    from app import scan_ray
+    from app.scan import scan
+
+    def refuse(address, cpus):
+        raise scan_ray.RayEngineError("cannot join Ray at 10.0.0.1:6379: no cluster there")
+
+    monkeypatch.setattr(scan_ray, "start_ray", refuse)
+    with pytest.raises(scan_ray.RayEngineError, match="cannot join Ray"):
+        scan(archive, tmp_path / "out", engine="ray", ray_address="10.0.0.1:6379", progress=False)
+    assert not (tmp_path / "out" / ".listing").exists() and not (tmp_path / "out" / "scan.json").exists()
+    assert not list((tmp_path / "out" / "results").glob("part-*"))
