@@ -55,8 +55,7 @@ ANKLE = ("wg04_RG3_J2KR.dcm", "Ankle", (0.68, 1.0), (0.25, 0.72))  # the ankle j
 
 
 @pytest.mark.parametrize("name, joint, rows, cols", [
-    pytest.param(*HIP, marks=pytest.mark.xfail(
-        strict=True, reason="issue #12: the crop gets Hip, the whole film only Pelvis"), id="hip"),
+    pytest.param(*HIP, id="hip"),
     pytest.param(*ANKLE, id="ankle"),
 ])
 def test_a_tight_crop_of_a_joint_gets_its_label_and_the_whole_film_keeps_it(shipped, corpus, name, joint, rows, cols):
