@@ -57,8 +57,14 @@ def test_a_scan_writes_one_row_per_input_with_the_results_fields(archive, tmp_pa
     assert summary["complete"] is True and sum(summary["this_scan"].values()) == len(FILES) + 1
     assert not (out / "sr").exists() and not (out / "dicom").exists()  # DICOM outputs are off for scans
     assert not (out / ".listing").exists()  # what the scan listed goes once it completes
+    changed = archive / "site0" / "notes.txt"  # a file changed since the scan is read again, alone
+    changed.write_text("not DICOM, longer now")
+    assert _scan(archive, out).returncode == 0
+    assert json.loads((out / "scan.json").read_text())["this_scan"] == {"failed": 1}
+    notes = [r for r in read_table(out).to_pylist() if r["source"] == "site0/notes.txt"]
+    assert sorted(r["size"] for r in notes) == sorted([len("not DICOM"), len("not DICOM, longer now")])
     again = _scan(archive, out)  # nothing left to do: nothing added
-    assert again.returncode == 0 and read_table(out).num_rows == len(rows)
+    assert again.returncode == 0 and read_table(out).num_rows == len(rows) + 1
     assert json.loads((out / "scan.json").read_text())["this_scan"] == {}
 
 
@@ -84,6 +90,7 @@ def test_a_killed_scan_resumes_without_loss_or_duplicates(archive, tmp_path, mon
     assert {r["source"]: r["record"] for r in rows if r["source"] in {f["source"] for f in first}} == {
         f["source"]: f["record"] for f in first}  # what was recorded stays as it was
     assert sum(json.loads((out / "scan.json").read_text())["this_scan"].values()) == len(FILES) + 1 - len(first)
+    assert scan_table.ROWS_PER_PART == 512  # the kill's setting stayed in the killed process
 
 
 def test_the_archive_report_shows_the_disagreements_and_renders_in_a_browser(corpus, tmp_path):
@@ -124,14 +131,3 @@ def test_the_archive_report_shows_the_disagreements_and_renders_in_a_browser(cor
         tab.screenshot(path=tmp_path / "report.png", full_page=True)
         browser.close()
     assert broken == 0 and not errors
-
-
-def test_a_file_changed_since_the_scan_is_read_again(archive, tmp_path):
-    out = tmp_path / "out"
-    assert _scan(archive, out).returncode == 0
-    changed = archive / "site0" / "notes.txt"
-    changed.write_text("not DICOM, longer now")
-    assert _scan(archive, out).returncode == 0
-    rows = [r for r in read_table(out).to_pylist() if r["source"] == "site0/notes.txt"]
-    assert sorted(r["size"] for r in rows) == sorted([len("not DICOM"), len("not DICOM, longer now")])
-    assert scan_table.ROWS_PER_PART == 512  # the kill test's setting stayed in its own process

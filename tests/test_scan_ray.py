@@ -34,32 +34,6 @@ def _comparable(row: dict) -> dict:
             "_probabilities": {k: round(v, 4) for k, v in probabilities.items()}}
 
 
-def test_the_ray_engine_gives_the_local_engines_rows(archive, corpus, tmp_path):  # noqa: F811
-    """Also for a name that is not UTF-8 and a broken link."""
-    shutil.copyfile(corpus / FILES[0], os.fsencode(archive / "site2") + b"/caf\xe9.dcm")
-    (archive / "site2" / "broken.dcm").symlink_to(archive / "nowhere.dcm")
-    inputs = len(FILES) + 3
-    local, on_ray = tmp_path / "local", tmp_path / "ray"
-    assert _scan(archive, local).returncode == 0
-    proc = _scan_ray(archive, on_ray)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    a = {r["source"]: r for r in read_table(local).to_pylist()}
-    b = {r["source"]: r for r in read_table(on_ray).to_pylist()}
-    assert len(b) == read_table(on_ray).num_rows == inputs  # every input once
-    assert set(a) == set(b)
-    for source in a:
-        ra, rb = _comparable(a[source]), _comparable(b[source])
-        # the same labels, statuses, reasons and tags; probabilities equal to 1e-4 (float sums in
-        # another order: the actor classifies with one thread, the local engine with two)
-        assert ra == rb, source
-        pa, pb = json.loads(a[source]["probabilities"]), json.loads(b[source]["probabilities"])
-        assert (pa is None) == (pb is None) and all(abs(pa[k] - pb[k]) < 1e-4 for k in pa or {})
-    assert b["site2/caf\\xe9.dcm"]["status"] == "classified" and b["site2/broken.dcm"]["status"] == "failed"
-    summary = json.loads((on_ray / "scan.json").read_text())
-    assert summary["complete"] is True and summary["engine"] == "ray" and summary["this_scan"] == {"classified": 9, "failed": 2}
-    assert (on_ray / "report.html").exists() and not (on_ray / ".listing").exists()
-
-
 @pytest.fixture
 def larger_archive(archive, corpus):  # noqa: F811
     """The archive twice over, a name that is not UTF-8 and a broken link (20 inputs): Ray's rows
@@ -70,9 +44,10 @@ def larger_archive(archive, corpus):  # noqa: F811
     return archive
 
 
-def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tmp_path):
-    """And a scan with nothing left does nothing: the broken link and the name that is not UTF-8
-    are recorded once, not again."""
+def test_a_killed_ray_scan_resumes_to_the_local_engines_rows(larger_archive, tmp_path):
+    """Killed half way and run again, the Ray engine's table holds every input once, with the rows
+    the local engine gives (a name that is not UTF-8 and a broken link too); a scan with nothing
+    left then does nothing and starts no Ray."""
     archive, inputs = larger_archive, 2 * (len(FILES) + 1) + 2
     out = tmp_path / "out"
     # parts of two rows, so that a kill lands between parts; the whole group is killed (Ray's servers too)
@@ -98,6 +73,20 @@ def test_a_killed_ray_scan_resumes_without_loss_or_duplicates(larger_archive, tm
     assert sum(json.loads((out / "scan.json").read_text())["this_scan"].values()) == inputs - len(first)
     status = {r["source"]: r["status"] for r in rows}
     assert status["broken.dcm"] == "failed" and status["caf\\xe9.dcm"] == "classified"
+    summary = json.loads((out / "scan.json").read_text())
+    assert summary["complete"] is True and summary["engine"] == "ray" and summary["ray_nodes"] == 1
+    assert (out / "report.html").exists() and not (out / ".listing").exists()
+    local = tmp_path / "local"
+    assert _scan(archive, local).returncode == 0
+    by_local = {r["source"]: r for r in read_table(local).to_pylist()}
+    assert set(by_local) == set(sources)
+    for row in rows:
+        ra, rb = _comparable(by_local[row["source"]]), _comparable(row)
+        # the same labels, statuses, reasons and tags; probabilities equal to 1e-4 (float sums in
+        # another order: the actor classifies with one thread, the local engine with two)
+        assert ra == rb, row["source"]
+        pa, pb = json.loads(by_local[row["source"]]["probabilities"]), json.loads(row["probabilities"])
+        assert (pa is None) == (pb is None) and all(abs(pa[k] - pb[k]) < 1e-4 for k in pa or {})
     again = _scan_ray(archive, out)  # nothing left: nothing for Ray to do, so no Ray is started
     assert again.returncode == 0 and read_table(out).num_rows == inputs
     summary = json.loads((out / "scan.json").read_text())
@@ -155,16 +144,23 @@ def test_dicom_outputs_and_ray_options_are_refused_where_they_cannot_work(archiv
 
 
 def test_a_ray_that_cannot_start_ends_the_scan_before_any_file_is_read(archive, tmp_path, monkeypatch):  # noqa: F811
-    """The listing is made before Ray starts (a finished archive needs no Ray); when Ray then cannot
-    start, the error is the scan's and neither the listing nor a row is left behind."""
+    """A rescan lists before Ray starts (a finished archive needs no Ray); when Ray then cannot
+    start, the error is the scan's, the listing is gone and the earlier rows stay as they were."""
     from app import scan_ray
     from app.scan import scan
+    from operators.outcome import InputOutcome, Status
+    from operators.outputs.scan_table import ScanTable, scan_row
+
+    out = tmp_path / "out"
+    earlier = ScanTable(out, {"engine": "ray"})  # as if an earlier scan had recorded one file
+    earlier.add_rows([scan_row(InputOutcome("gone.dcm", Status.FAILED, "empty file (0 bytes)"), str(archive / "gone.dcm"), 0, 1)])
+    earlier.flush()
 
     def refuse(address, cpus):
         raise scan_ray.RayEngineError("cannot join Ray at 10.0.0.1:6379: no cluster there")
 
     monkeypatch.setattr(scan_ray, "start_ray", refuse)
     with pytest.raises(scan_ray.RayEngineError, match="cannot join Ray"):
-        scan(archive, tmp_path / "out", engine="ray", ray_address="10.0.0.1:6379", progress=False)
-    assert not (tmp_path / "out" / ".listing").exists() and not (tmp_path / "out" / "scan.json").exists()
-    assert not list((tmp_path / "out" / "results").glob("part-*"))
+        scan(archive, out, engine="ray", ray_address="10.0.0.1:6379", progress=False)
+    assert not (out / ".listing").exists() and not (out / "scan.json").exists()
+    assert [r["source"] for r in read_table(out).to_pylist()] == ["gone.dcm"]
