@@ -132,22 +132,22 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
     from operators.outputs.scan_table import ScanTable
 
     table = ScanTable(output, {"archive": str(archive), "engine": "ray", "ray_address": address, "ray_nodes": None})
-    listing, todo = _list(table, archive, output, decode.follow_links)  # before Ray: a finished archive needs none
-    if not todo:
-        log.info("nothing left to read: Ray not started")
-        table.run_info["model"] = model_info(package, device=device or "cpu").to_json()
-        table.close()
-        return _finish(output, listing)
+    listing = todo = None
+    if table.done():  # a rescan: list first, as a finished archive needs no Ray (a first scan finds a wrong address first)
+        listing, todo = _list(table, archive, output, decode.follow_links)
+        if not todo:
+            log.info("nothing left to read: Ray not started")
+            table.run_info["model"] = model_info(package, device=device or "none (nothing to classify)").to_json()
+            table.close()
+            return _finish(output, listing)
+    ray = None
     try:
         ray = scan_ray.start_ray(address, cpus)
-    except BaseException:
-        shutil.rmtree(listing, ignore_errors=True)
-        raise
-    try:
         info = model_info(package, device=device or ("cuda" if scan_ray.cluster_gpus(ray, device) else "cpu")).to_json()
         table.run_info.update(ray_nodes=len(ray.nodes()), model=info)
-        resources = ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU"))
-        log.info("Ray: %s", resources)
+        log.info("Ray: %s", ", ".join(f"{v:g} {k}" for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU")))
+        if listing is None:
+            listing, todo = _list(table, archive, output, decode.follow_links)
         interrupted = None
         with tqdm(total=todo, unit="file", disable=not progress, smoothing=0.05) as bar:
             def on_rows(rows: list[dict]) -> None:
@@ -169,5 +169,10 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
             finally:
                 table.close(interrupted=interrupted)
         return _finish(output, listing)
+    except BaseException:
+        if listing is not None and not table.closed:  # stopped before the scan began: nothing to resume from it
+            shutil.rmtree(listing, ignore_errors=True)
+        raise
     finally:
-        ray.shutdown()
+        if ray is not None:
+            ray.shutdown()

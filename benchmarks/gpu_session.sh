@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# One GPU session (the device tool's H100/H200, no network): train the default package, check CUDA
+# One GPU session (the device tool's H100/H200, no network): train a package the study's way
+# (CONFIG, default training/configs/default.yaml: the first default's recipe; CONFIG=
+# training/configs/across-sources.yaml for the default's now, with --test-data instead of the corpus
+# in DATA), check CUDA
 # against CPU, benchmark, then evaluate generalisation on held-out sources and train the study's
 # members, as time allows; phase 5 checks and benchmarks nvImageCodec GPU decoding, phase 6 measures
 # what batching decode calls in one process buys (benchmarks/gpu_decode_batching.py). Inputs travel

@@ -113,8 +113,10 @@ def test_implied_labels_add_what_a_radiologist_names_on_that_source_only():
     assert out[1] is samples[1] and samples[0].labels == ("Pelvis",)  # the given samples are not changed
     with pytest.raises(DataError, match=r"not in the catalogue: \['Hips'\]"):
         imply_labels(samples, {"medpix": {"Pelvis": ["Hips"]}}, cat)
-    with pytest.raises(ValueError, match="implied_labels must map"):
-        TrainConfig(implied_labels={"medpix": ["Hip"]})
+    for bad in ({"medpix": ["Hip"]}, {"medpix": {"Pelvis": [["Hip"]]}}):
+        with pytest.raises(ValueError, match="implied_labels must map"):
+            TrainConfig(implied_labels=bad)
+    assert TrainConfig(implied_labels=None).implied_labels == {}  # `implied_labels:` left empty in YAML
 
 
 def test_masked_targets_give_no_loss_and_no_gradient():

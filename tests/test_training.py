@@ -358,13 +358,18 @@ def test_a_package_is_fine_tuned_from_its_own_members(tiny_package, train_dir, t
     assert f"pretrained weights from {weights}: 100.0% of the values loaded" in caplog.text
     assert json.loads((tmp_path / "run/config.json").read_text())["members"][0]["pretrained"] == str(weights)
     card = (tmp_path / "run/package/docs/model_card.md").read_text()
-    assert "efficientnet_lite0 (efficientnet_lite0, init: model package bodypart-tiny 0.0.1)" in card
+    assert "efficientnet_lite0 (efficientnet_lite0, init: model package bodypart-tiny 0.0.1 (sha256 " in card
     other = tmp_path / "lite1.yaml"
     other.write_text(TINY.read_text().replace("efficientnet_lite0", "efficientnet_lite1"))
     caplog.clear()
     assert cli(["train", "--config", str(other), "--data", str(data), "--init-from", str(tiny_package), "-o", str(tmp_path / "b")]) == 2
     assert "has no member efficientnet_lite1 (efficientnet_lite1) to start from; it has efficientnet_lite0" in caplog.text
     assert not (tmp_path / "b").exists()
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text(TINY.read_text().replace("image_size: 64", "image_size: 96"))
+    caplog.clear()
+    assert cli(["train", "--config", str(bigger), "--data", str(data), "--init-from", str(tiny_package), "-o", str(tmp_path / "c")]) == 2
+    assert "its input (64 px" in caplog.text and "is not this config's (96 px" in caplog.text
 
 
 def test_bad_data_path_is_a_clear_cli_error(tmp_path, caplog):

@@ -95,10 +95,12 @@ class TrainConfig:
         if not isinstance(self.augment, AugmentConfig):
             self.augment = AugmentConfig.from_json(self.augment)
         self.partial_label_sources = tuple(self.partial_label_sources)
+        self.implied_labels = self.implied_labels or {}  # an empty YAML key reads as null
         if not isinstance(self.implied_labels, dict) or not all(
-                isinstance(rule, dict) and all(isinstance(v, (list, tuple)) for v in rule.values())
+                isinstance(rule, dict) and all(isinstance(k, str) and isinstance(v, (list, tuple))
+                                               and all(isinstance(c, str) for c in v) for k, v in rule.items())
                 for rule in self.implied_labels.values()):
-            raise ValueError("implied_labels must map source -> {label: [parts it implies]}")
+            raise ValueError("implied_labels must map source -> {label: [parts it implies]}, names as text")
         self.implied_labels = {src: {k: list(v) for k, v in rule.items()} for src, rule in self.implied_labels.items()}
         self.val_sources, self.test_sources = tuple(self.val_sources), tuple(self.test_sources)
         if set(self.val_sources) & set(self.test_sources):
@@ -150,13 +152,22 @@ class TrainConfig:
         ModelPackageError
             The package cannot be used.
         ValueError
-            A member of this config is not in the package, or has another architecture there.
+            A member of this config is not in the package, or has another architecture there; the
+            package's classes or input (size, normalisation) are not this config's.
         """
         from dataclasses import replace
 
         from operators.model.model_package import load_package
 
-        package = load_package(Path(package_path))
+        from operators.catalogue import Catalogue
+
+        package = load_package(Path(package_path).resolve())
+        pre = package.preprocessing
+        if (pre.size, tuple(pre.mean), tuple(pre.std)) != (self.image_size, tuple(self.mean), tuple(self.std)):
+            raise ValueError(f"{package.root}: its input ({pre.size} px, mean {list(pre.mean)}, std {list(pre.std)}) is not "
+                             f"this config's ({self.image_size} px, mean {list(self.mean)}, std {list(self.std)})")
+        if list(package.classes) != Catalogue.default().names:
+            raise ValueError(f"{package.root}: its classes are not the catalogue's (another head)")
         theirs = {m.name: m for m in package.members}
         members = []
         for m in self.members:
@@ -164,7 +175,7 @@ class TrainConfig:
                 raise ValueError(f"{package.root}: has no member {m.key} ({m.arch}) to start from; "
                                  f"it has {', '.join(f'{k} ({v.arch})' for k, v in theirs.items())}")
             members.append(replace(m, pretrained=str(package.root / theirs[m.key].weights),
-                                   package=f"{package.name} {package.version}"))
+                                   package=f"{package.name} {package.version} (sha256 {package.checksum[:16]})"))
         return replace(self, members=members)
 
     def to_json(self) -> dict[str, Any]:

@@ -108,11 +108,15 @@ def imply_labels(samples: Sequence[Sample], implied: dict[str, dict[str, list[st
     unknown = sorted({c for rule in implied.values() for k, v in rule.items() for c in (k, *v)} - set(catalogue.names))
     if unknown:
         raise DataError(f"implied_labels names classes that are not in the catalogue: {unknown}")
-    out = []
+    out, changed = [], {}
     for s in samples:
         rule = implied.get(s.source, {})
         extra = [c for label in s.labels for c in rule.get(label, ()) if c not in s.labels]
+        if extra:
+            changed[s.source] = changed.get(s.source, 0) + 1
         out.append(Sample(s.path, tuple(dict.fromkeys([*s.labels, *extra])), s.source, s.license) if extra else s)
+    for src in implied:  # a rule that changes nothing is most likely a misspelt label
+        log.info("implied_labels: %d films of %s got labels added", changed.get(src, 0), src)
     return out
 
 

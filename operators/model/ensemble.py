@@ -44,7 +44,8 @@ def inference_autocast(device: torch.device, precision: str = DEFAULT_PRECISION)
 class Ensemble:
     """Loaded members and stacker of a package, ready to predict batches.
 
-    On CUDA it runs channels_last with fp16 autocast by default: measured on the default package,
+    On CUDA it runs channels_last with fp16 autocast by default: measured on the first default
+    package (Lite0 + Lite1; the same Lite0 architecture as the default now),
     bf16's 8-bit mantissa moved member probabilities by up to 0.49 against fp32 and flipped labels,
     fp16 by 0.009 with no flip (``benchmarks/cuda_check.py``, ``benchmarks/results/h200-cuda-check.json``). The package may name another
     precision (``inference.precision``). CPU runs fp32 (bf16 is slower on CPUs without AMX), also
