@@ -337,9 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         auth, destination = network
         return _send(args.output, destination, auth, args, log)
     elif args.command == "train":
+        from operators.model.model_package import ModelPackageError
         from training.config import TrainConfig
         from training.data import DataError
-        from operators.model.model_package import ModelPackageError
         from training.pipeline import run_training
 
         try:

