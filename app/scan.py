@@ -133,7 +133,7 @@ def _scan_ray(archive: Path, output: Path, package, package_path: Path, decode, 
 
     table = ScanTable(output, {"archive": str(archive), "engine": "ray", "ray_address": address, "ray_nodes": None})
     listing = todo = None
-    if table.done():  # a rescan: list first, as a finished archive needs no Ray (a first scan finds a wrong address first)
+    if any(table.folder.glob("part-*.parquet")):  # a rescan (parts are written only with rows): list first, as a finished archive needs no Ray (a first scan finds a wrong address first)
         listing, todo = _list(table, archive, output, decode.follow_links)
         if not todo:
             log.info("nothing left to read: Ray not started")
