@@ -10,7 +10,7 @@ from operators.catalogue import Catalogue
 from training.augment import (AugmentConfig, RandAnnotations, RandExtent, RandJpeg, RandWindow, online_transform)
 from training.config import TrainConfig
 from training.data import DataError, Sample
-from training.members import class_balanced_pos_weight, freeze_stages, masked_bce, offline_augment
+from training.members import class_balanced_pos_weight, copy_factors, freeze_stages, masked_bce, offline_augment
 from training.pipeline import imply_labels, known_classes, loss_masks, stratified_split
 
 
@@ -144,6 +144,25 @@ def test_offline_copies_keep_their_masks():
     x = torch.randint(0, 255, (12, 1, 8, 8), dtype=torch.uint8)
     _, ay, am = offline_augment(x, y, max_factor=10, seed=0, mask=mask)
     assert len(am) == len(ay) and (am[ay[:, 1] == 1, 0] == 0).all()
+
+
+def test_source_balance_copies_a_class_s_minority_sources():
+    """Balanced by classes only, 2 lateral films of a class beside 20 AP films of it get no copies;
+    balanced by sources too, they count as much as the AP films (up to the cap), and a class
+    from one source is multiplied as before."""
+    y = np.zeros((30, 2), np.float32)
+    y[:22, 0] = 1
+    y[22:, 1] = 1
+    sources = ["ap"] * 20 + ["lateral"] * 2 + ["other"] * 8
+    assert list(copy_factors(y, 10)) == [1] * 22 + [3] * 8
+    f = copy_factors(y, 10, sources)
+    assert list(f) == [1] * 20 + [10] * 2 + [3] * 8
+    assert list(copy_factors(y, 4, sources)[20:22]) == [4, 4]
+    x = torch.randint(0, 255, (30, 1, 8, 8), dtype=torch.uint8)
+    _, ay, _ = offline_augment(x, y, max_factor=10, seed=0, sources=sources)
+    assert ay[:, 0].sum() == 20 + 2 * 10 and ay[:, 1].sum() == 8 * 3
+    with pytest.raises(ValueError, match="offline_balance"):
+        TrainConfig(offline_balance="source")
 
 
 def test_validation_and_test_sources_are_held_out_whole():

@@ -41,6 +41,9 @@ class TrainConfig:
     # offline augmentation of minority classes, after the split, training part only
     offline_augment: bool = True
     offline_max_factor: int = 10
+    # "classes": copies balance the classes (the study); "sources": also a class's sources, so
+    # that a few films of a class from another source are not drowned by its main source's style
+    offline_balance: str = "classes"
     # online augmentation (training/augment.py): the study's flips and rotations by default
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # sources that name one part per film although their films show the neighbouring parts too:
@@ -122,6 +125,8 @@ class TrainConfig:
                 raise ValueError(f"unknown stacker {s!r}")
         if self.default_stacker not in ("mean", "logistic", "xgboost", "auto"):
             raise ValueError(f"unknown default_stacker {self.default_stacker!r} (mean, logistic, xgboost or auto)")
+        if self.offline_balance not in ("classes", "sources"):
+            raise ValueError(f"offline_balance must be classes or sources, got {self.offline_balance!r}")
         if self.choice_folds not in ("pictures", "sources"):
             raise ValueError(f"choice_folds must be pictures or sources, got {self.choice_folds!r}")
         if self.top_fraction != "auto":

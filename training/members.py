@@ -8,7 +8,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -54,29 +54,50 @@ class TensorImages(Dataset):
         return self.pre.normalise(x), self.y[i], self.mask[i]
 
 
+def copy_factors(y: np.ndarray, max_factor: int, sources: Sequence[str] | None = None) -> np.ndarray:
+    """How many times each image appears after offline augmentation (1: no copies).
+
+    A class with fewer images than the majority class is multiplied by its ratio to it; with
+    ``sources``, a source's films of a class are also multiplied by their ratio to the class's
+    largest source, so that one source's style does not define the class (5 lateral lumbar films
+    beside 103 AP scoliosis films). An image takes its largest factor over its labels, at most
+    ``max_factor``.
+    """
+    counts = y.sum(0)
+    present = counts > 0
+    factor = np.ones(len(y), int)
+    if not present.any() or max_factor <= 1:
+        return factor
+    per_class = np.ones_like(counts)
+    per_class[present] = np.round(counts[present].max() / counts[present])
+    src = np.asarray(sources if sources is not None else [""] * len(y))
+    for k in np.flatnonzero(present):
+        pos = y[:, k] > 0
+        names, n = np.unique(src[pos], return_counts=True)
+        within = dict(zip(names, np.round(n.max() / n)))
+        f = np.array([per_class[k] * within[s] for s in src[pos]])
+        factor[pos] = np.maximum(factor[pos], np.clip(f, 1, max_factor).astype(int))
+    return factor
+
+
 def offline_augment(images: torch.Tensor, y: np.ndarray, max_factor: int, seed: int,
-                    mask: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Add flipped/rotated (0-360 degrees) copies of minority-class images, each class up to
-    ``max_factor`` times its count, by its ratio to the majority class (training split only).
-    Copies keep their image's loss mask; returns images, targets and masks."""
+                    mask: np.ndarray | None = None, sources: Sequence[str] | None = None
+                    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Add flipped/rotated (0-360 degrees) copies of minority-class images (and, with ``sources``,
+    of a class's minority sources), each up to ``max_factor`` times (:func:`copy_factors`;
+    training split only). Copies keep their image's loss mask; returns images, targets and masks."""
     from monai.transforms import Compose, RandFlip, RandRotate
 
     mask = np.ones_like(y) if mask is None else mask
-    counts = y.sum(0)
-    present = counts > 0
-    if not present.any() or max_factor <= 1:
+    factor = copy_factors(y, max_factor, sources)
+    if (factor <= 1).all():
         return images, y, mask
-    majority = counts[present].max()
-    factor = np.ones_like(counts)
-    factor[present] = np.clip(np.round(majority / counts[present]), 1, max_factor)
     t = Compose([RandFlip(prob=0.5, spatial_axis=0), RandFlip(prob=0.5, spatial_axis=1),
                  RandRotate(range_x=math.pi, prob=1.0, padding_mode="zeros")])
     t.set_random_state(seed)
     extra_x, extra_y, extra_m = [], [], []
     for i in range(len(y)):
-        labels = y[i] > 0
-        copies = int(factor[labels].max()) - 1 if labels.any() else 0
-        for _ in range(copies):
+        for _ in range(int(factor[i]) - 1):
             aug = torch.as_tensor(t(images[i].float() / 255.0)).clamp(0, 1)
             extra_x.append((aug * 255).round().to(torch.uint8))
             extra_y.append(y[i])

@@ -215,7 +215,9 @@ def run_training(
     masks = loss_masks(samples, catalogue, config.partial_label_sources)
     train_x, train_y, train_m = images[tr], y[tr], masks[tr]
     if config.offline_augment:
-        train_x, train_y, train_m = offline_augment(train_x, train_y, config.offline_max_factor, config.seed, train_m)
+        by_source = [samples[i].source for i in tr] if config.offline_balance == "sources" else None
+        train_x, train_y, train_m = offline_augment(train_x, train_y, config.offline_max_factor, config.seed, train_m,
+                                                    sources=by_source)
 
     trained = known_classes(y[:n_labelled], tr, catalogue.names, config.min_class_images)
     trained_mask = np.array([c in trained for c in catalogue.names])
