@@ -97,26 +97,43 @@ class ScanTable:
         if len(self._rows) >= ROWS_PER_PART or time.monotonic() - self._since > SECONDS_PER_PART:
             self.flush()
 
-    def flush(self) -> Path | None:
-        """Write the rows waiting as one part (whole or not at all); its path."""
-        if not self._rows:
+    def flush(self, whole_files_only: bool = True) -> Path | None:
+        """Write the rows waiting as one part (whole or not at all); its path.
+
+        The frames of a multi-frame file can arrive in two batches, and a file with a row in a
+        part counts as done (:meth:`done`): the rows of the last file, when it has frames, wait
+        for the next part, unless ``whole_files_only`` is false (the file is known to be whole).
+        """
+        rows, held = self._rows, []
+        if whole_files_only and rows and rows[-1]["frame"] is not None:
+            start = len(rows)
+            while start > 0 and rows[start - 1]["source"] == rows[-1]["source"]:
+                start -= 1
+            rows, held = rows[:start], rows[start:]
+        if not rows:
             return None
         import pyarrow.parquet as pq
 
-        table = rows_table(self._rows)
+        table = rows_table(rows)
         path = self.folder / f"part-{self._next:06d}.parquet"
         write_atomically(path, lambda fh: pq.write_table(table, fh))
-        for row in self._rows:  # recorded: their identities are no longer in flight
+        for row in rows:  # recorded: their identities are no longer in flight
             self._pending.pop(row["source"], None)
         self._next += 1
-        self._rows, self._since = [], time.monotonic()
+        self._rows, self._since = held, time.monotonic()
         return path
 
     def close(self, interrupted: str | None = None, reports_not_written: dict[str, str] | None = None) -> Path:
         """Write the last part and ``scan.json`` (what this scan did, whether it completed)."""
         if self.closed:
             return self.output_dir / "scan.json"
-        self.flush()
+        # a scan that completed read its last file whole; one that stopped may have read part of
+        # its frames: those rows are left out, and the next scan reads that file again
+        self.flush(whole_files_only=interrupted is not None)
+        if self._rows:
+            self.counts = {k: v - sum(r["status"] == k for r in self._rows) for k, v in self.counts.items()}
+            self.counts = {k: v for k, v in self.counts.items() if v}
+            self._rows = []
         self.closed = True
         seconds = time.monotonic() - self._started
         done = sum(self.counts.values())
