@@ -72,6 +72,9 @@ def start_ray(address: str | None, cpus: int | None):
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the scan's own bar counts files
     ctx.max_errored_blocks = -1  # a block lost to a crashing decoder must not end the scan
+    # rows reach the table in the listing's order: a multi-frame file's frames, split over two
+    # classifier batches on two actors, stay together, so the table can tell a file half recorded
+    ctx.execution_options.preserve_order = True
     return ray
 
 

@@ -103,6 +103,7 @@ class ScanTable:
         The frames of a multi-frame file can arrive in two batches, and a file with a row in a
         part counts as done (:meth:`done`): the rows of the last file, when it has frames, wait
         for the next part, unless ``whole_files_only`` is false (the file is known to be whole).
+        Rows come in the files' order, a file's frames one after another (both engines keep it).
         """
         rows, held = self._rows, []
         if whole_files_only and rows and rows[-1]["frame"] is not None:
