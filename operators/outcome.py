@@ -55,6 +55,9 @@ class InputOutcome:
     classification: Classification | None = None
     outputs: OutputRecord | None = None
     earlier_report: ReportReference | None = None  # not in results.json: the reason says it
+    # the Series Number of an input not classified (a CT series, a damaged image): our SRs' series
+    # must not take it (not in results.json)
+    series_number: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The flat JSON record of ``results.json`` (``app/results.schema.json``)."""

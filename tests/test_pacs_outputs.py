@@ -101,11 +101,15 @@ def test_series_numbers_stay_clear_of_the_sources(corpus, tmp_path):
     ds = pydicom.dcmread(corpus / "dx_pelvis_ddh_1.dcm")
     ds.SeriesNumber = 9901  # where the SR would go
     ds.save_as(folder / "a.dcm")
+    ds.Modality, ds.SeriesNumber = "CT", 9903  # a series of the study that is not classified
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = ds.SeriesInstanceUID + ".1", ds.SOPInstanceUID + ".1"
+    ds.save_as(folder / "b.dcm")
     outcomes, _ = _run(folder, tmp_path / "out")
     o = outcomes["a.dcm"]
+    assert outcomes["b.dcm"].status.value == "skipped"
     assert pydicom.dcmread(tmp_path / "out" / o.outputs.corrected).SeriesNumber == 9901 + 1000
     numbers = {int(pydicom.dcmread(tmp_path / "out" / p).SeriesNumber) for p in (o.outputs.sr, o.outputs.sr_text)}
-    assert numbers == {9902, 9903}
+    assert numbers == {9902, 9904}
 
 
 def test_matching_keys_are_the_same_in_the_report_and_the_copy(study, corpus, tmp_path):

@@ -301,6 +301,10 @@ def _outcome(source: str, ds: pydicom.Dataset | None, status: Status, reason: st
                 uids[key] = _text(ds, tag)
             except Exception:
                 uids[key] = None
+        try:
+            uids["series_number"] = int(ds.get("SeriesNumber"))
+        except Exception:  # absent, empty or not a number: no series number to keep clear of
+            pass
     return InputOutcome(source=source, status=status, reason=reason, **uids)
 
 

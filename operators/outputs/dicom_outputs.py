@@ -164,6 +164,9 @@ class DicomOutputs:
                     study.earlier.append(outcome.earlier_report)
                     if outcome.earlier_report.series_number is not None:  # its number stays taken
                         study.series_numbers.add(outcome.earlier_report.series_number)
+                elif self.write_reports and outcome.series_number is not None and outcome.study_instance_uid:
+                    # a series of the study not classified (another modality, a damaged file) keeps its number
+                    self._study(outcome.study_instance_uid).series_numbers.add(outcome.series_number)
                 out.append(outcome)
         except Exception as e:
             raise OutputsStopped(out + list(outcomes[len(out):])) from e
