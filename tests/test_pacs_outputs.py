@@ -83,7 +83,11 @@ def test_an_earlier_report_among_the_inputs_is_the_new_reports_predecessor(study
     earlier = [o for o in outcomes.values() if o.earlier_report is not None]
     assert len(earlier) == 4 and all("earlier result of this app" in o.reason for o in earlier)
     for path in (tmp_path / "same/sr").iterdir():
-        assert "PredecessorDocumentsSequence" not in pydicom.dcmread(path)
+        ds, before = pydicom.dcmread(path), pydicom.dcmread(old / "sr" / path.name)
+        assert "PredecessorDocumentsSequence" not in ds
+        # the same object: same UIDs and the same Series Number (its own earlier copy does not push it on)
+        assert (ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.SeriesNumber) == (
+            before.SOPInstanceUID, before.SeriesInstanceUID, before.SeriesNumber)
     outcomes, _ = _run(again, tmp_path / "newer", checksum="b" * 64)
     for path in (tmp_path / "newer/sr").iterdir():
         ds = pydicom.dcmread(path)
@@ -101,15 +105,41 @@ def test_series_numbers_stay_clear_of_the_sources(corpus, tmp_path):
     ds = pydicom.dcmread(corpus / "dx_pelvis_ddh_1.dcm")
     ds.SeriesNumber = 9901  # where the SR would go
     ds.save_as(folder / "a.dcm")
+    uids = ds.SeriesInstanceUID, ds.SOPInstanceUID
     ds.Modality, ds.SeriesNumber = "CT", 9903  # a series of the study that is not classified
-    ds.SeriesInstanceUID, ds.SOPInstanceUID = ds.SeriesInstanceUID + ".1", ds.SOPInstanceUID + ".1"
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = uids[0] + ".1", uids[1] + ".1"
     ds.save_as(folder / "b.dcm")
+    ds.Modality, ds.SeriesNumber = "DX", 9904  # a damaged image of the study: its pixel data cut short
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = uids[0] + ".2", uids[1] + ".2"
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(folder / "c.dcm")
     outcomes, _ = _run(folder, tmp_path / "out")
     o = outcomes["a.dcm"]
-    assert outcomes["b.dcm"].status.value == "skipped"
+    assert outcomes["b.dcm"].status.value == "skipped" and outcomes["c.dcm"].status.value == "failed"
     assert pydicom.dcmread(tmp_path / "out" / o.outputs.corrected).SeriesNumber == 9901 + 1000
     numbers = {int(pydicom.dcmread(tmp_path / "out" / p).SeriesNumber) for p in (o.outputs.sr, o.outputs.sr_text)}
-    assert numbers == {9902, 9904}
+    assert numbers == {9902, 9905}
+
+
+def test_an_image_whose_classification_failed_keeps_its_series_number(corpus, tmp_path):
+    """The model failed on one image of the study (its batch): the SRs of the rest skip its number."""
+    from operators.outcome import Status
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds = pydicom.dcmread(corpus / "dx_pelvis_ddh_1.dcm")
+    ds.SeriesNumber = 9901
+    ds.save_as(folder / "a.dcm")
+    ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SeriesNumber = ds.SeriesInstanceUID + ".1", ds.SOPInstanceUID + ".1", 9902
+    ds.save_as(folder / "b.dcm")
+    model, algorithm = _model("a" * 64)
+    outputs = DicomOutputs(tmp_path / "out", algorithm, CAT)
+    (a,), (b,) = (read_file(folder / n, folder).radiographs for n in ("a.dcm", "b.dcm"))
+    (done,) = outputs.add([a], [classified_outcome(a, _prediction(("Pelvis",)), model, CAT)])
+    outputs.add([b], [b.outcome(Status.FAILED, "classification failed: RuntimeError: out of memory")])
+    outputs.close()
+    numbers = {int(pydicom.dcmread(tmp_path / "out" / p).SeriesNumber) for p in (done.outputs.sr, done.outputs.sr_text)}
+    assert numbers == {9903, 9904}
 
 
 def test_matching_keys_are_the_same_in_the_report_and_the_copy(study, corpus, tmp_path):

@@ -159,18 +159,26 @@ class DicomOutputs:
             for item, outcome in zip(items, outcomes):
                 if isinstance(item, Radiograph) and outcome.classification is not None:
                     outcome = self._add(item, outcome)
+                elif isinstance(item, Radiograph):  # read, but its classification failed: its series stays
+                    header = item.header if item.header is not None else pydicom.Dataset()
+                    self._keep_number(item.study_instance_uid, _int(header.get("SeriesNumber")))
                 elif outcome.earlier_report is not None:
                     study = self._study(outcome.earlier_report.study_instance_uid)
                     study.earlier.append(outcome.earlier_report)
                     if outcome.earlier_report.series_number is not None:  # its number stays taken
                         study.series_numbers.add(outcome.earlier_report.series_number)
-                elif self.write_reports and outcome.series_number is not None and outcome.study_instance_uid:
-                    # a series of the study not classified (another modality, a damaged file) keeps its number
-                    self._study(outcome.study_instance_uid).series_numbers.add(outcome.series_number)
+                else:  # a series of the study not classified (another modality, a damaged image) keeps its number
+                    self._keep_number(outcome.study_instance_uid, outcome.series_number)
                 out.append(outcome)
         except Exception as e:
             raise OutputsStopped(out + list(outcomes[len(out):])) from e
         return out
+
+    def _keep_number(self, study_uid: str | None, number: int | None) -> None:
+        """Keep the SRs off a Series Number that a series of the study not classified uses (only
+        numbers from :data:`SERIES_NUMBER` up can meet them: no entry for studies of other numbers)."""
+        if self.write_reports and study_uid and number is not None and number >= SERIES_NUMBER:
+            self._study(study_uid).series_numbers.add(number)
 
     def _add(self, item: Radiograph, outcome: InputOutcome) -> InputOutcome:
         if not self.write_corrected and not self.write_reports:
@@ -263,13 +271,17 @@ class DicomOutputs:
         taken, out = set(study.series_numbers), {}
         # (earlier versions of this app wrote the TID 1500 report as Comprehensive SR)
         for key, sop_classes in (("sr", {Comprehensive3DSRStorage, ComprehensiveSRStorage}), ("sr_text", {EnhancedSRStorage})):
-            number = SERIES_NUMBER
-            while number in taken:
+            series_uid = derived_uid(f"{key}-series", checksum, study_uid)
+            # the same model wrote this series before (a study pulled back from the PACS): keep its
+            # number, so that the same object is the same object
+            same = [e.series_number for e in study.earlier if e.series_instance_uid == series_uid and e.series_number is not None]
+            number = min(same) if same else SERIES_NUMBER
+            while not same and number in taken:
                 number += 1
             taken.add(number)
             uid = derived_uid(f"{key}-instance", checksum, study_uid, *images)
             earlier = tuple(e for e in study.earlier if e.sop_class_uid in sop_classes and e.sop_instance_uid != uid)
-            out[key] = ReportIdentity(derived_uid(f"{key}-series", checksum, study_uid), uid, number, earlier)
+            out[key] = ReportIdentity(series_uid, uid, number, earlier)
         return out
 
     def close(self) -> list[Path]:
