@@ -194,8 +194,10 @@ def test_ohif_shows_both_reports_and_the_corrected_copy(orthanc, dist, browser, 
 
         # the TID 1500 report: the source image, outlined, labelled with the result
         _open_series(page, study["series"]["sr"])
-        expect(page.locator("svg text").filter(has_text=f"Body part (AI): {study['shown']}")).to_be_visible()
+        # first the image (the pointer moves over the viewport, which makes OHIF draw a newly
+        # mounted SR viewport), then its label: waiting for the label first can wait for nothing
         assert _viewport_shows_an_image(page), "the TID 1500 report's viewport stayed black"
+        expect(page.locator("svg text").filter(has_text=f"Body part (AI): {study['shown']}")).to_be_visible()
         expect(overlay).to_contain_text(study["term"])
         page.screenshot(path=artifacts / "02-sr-tid1500.png")
 
