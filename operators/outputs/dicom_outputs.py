@@ -163,10 +163,8 @@ class DicomOutputs:
                     header = item.header if item.header is not None else pydicom.Dataset()
                     self._keep_number(item.study_instance_uid, _int(header.get("SeriesNumber")))
                 elif outcome.earlier_report is not None:
-                    study = self._study(outcome.earlier_report.study_instance_uid)
-                    study.earlier.append(outcome.earlier_report)
-                    if outcome.earlier_report.series_number is not None:  # its number stays taken
-                        study.series_numbers.add(outcome.earlier_report.series_number)
+                    self._study(outcome.earlier_report.study_instance_uid).earlier.append(outcome.earlier_report)
+                    self._keep_number(outcome.earlier_report.study_instance_uid, outcome.earlier_report.series_number)
                 else:  # a series of the study not classified (another modality, a damaged image) keeps its number
                     self._keep_number(outcome.study_instance_uid, outcome.series_number)
                 out.append(outcome)
@@ -175,8 +173,8 @@ class DicomOutputs:
         return out
 
     def _keep_number(self, study_uid: str | None, number: int | None) -> None:
-        """Keep the SRs off a Series Number that a series of the study not classified uses (only
-        numbers from :data:`SERIES_NUMBER` up can meet them: no entry for studies of other numbers)."""
+        """Keep the SRs off a Series Number that a series of the study not classified (or an earlier
+        SR) uses (only numbers from :data:`SERIES_NUMBER` up can meet them: no entry for the others)."""
         if self.write_reports and study_uid and number is not None and number >= SERIES_NUMBER:
             self._study(study_uid).series_numbers.add(number)
 
@@ -275,9 +273,12 @@ class DicomOutputs:
             # the same model wrote this series before (a study pulled back from the PACS): keep its
             # number, so that the same object is the same object
             same = [e.series_number for e in study.earlier if e.series_instance_uid == series_uid and e.series_number is not None]
-            number = min(same) if same else SERIES_NUMBER
-            while not same and number in taken:
-                number += 1
+            if same:
+                number = min(same)
+            else:
+                number = SERIES_NUMBER
+                while number in taken:
+                    number += 1
             taken.add(number)
             uid = derived_uid(f"{key}-instance", checksum, study_uid, *images)
             earlier = tuple(e for e in study.earlier if e.sop_class_uid in sop_classes and e.sop_instance_uid != uid)
